@@ -1,0 +1,482 @@
+"""Turn raw newspaper pages (OCR'd or scraped) into clean, titled articles.
+
+A page arrives as lines broken by the print layout, often mid-word, with blank lines
+inside paragraphs, several articles per page, headlines before the body on most pages
+and after it on some, bylines and photo credits, and (for scraped pages) web chrome.
+
+The pipeline, per file:
+
+1. ``decode``: bytes to text (UTF-8, or GB18030 detected), binary refused.
+2. ``_blocks``: NFKC, drop chrome, split into blocks at blank lines and at ``本报讯``.
+3. ``_classify`` each block: heading, byline, credit, subtitle or body.
+4. ``_merge_broken``: re-join body blocks the layout broke apart.
+5. ``_segment``: cut the page into articles, attaching headings before or after.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.errors import IngestError
+from rag.models import Article
+from rag.textnorm import nfkc
+
+log = logging.getLogger(__name__)
+
+DOC_SUFFIXES = (".txt", ".md")
+
+_CJK = r"\u3400-\u9fff\uf900-\ufaff"
+_TERMINAL = "。！？!?…；;—"
+_CLOSERS = "”’」』)）》】\"'"
+_NO_HEADING_PUNCT = re.compile(r"[。！？!?；;，,、]")
+_NAME = rf"[{_CJK}]{{2,4}}"
+_NAMES = rf"{_NAME}(?:[ 、]+{_NAME}){{0,3}}"
+
+_BENBAOXUN = re.compile(r"^本报讯\s*[(（]([^)）]{1,40})[)）]\s*")
+_BYLINE_LINE = re.compile(rf"^(?:(?:本报)?(?:通讯员|记者)\s*)+{_NAMES}$")
+_NAMES_ONLY = re.compile(rf"^{_NAMES}$")
+_PHOTO_CREDIT = re.compile(rf"^{_NAMES}\s*摄$")
+_PAREN_CREDIT = re.compile(rf"^[(（](?:{_NAMES}|图片由[^)）]{{1,20}}提供|[^)）]{{0,10}}摄)[)）]$")
+_TRAILING_CREDIT = re.compile(
+    rf"\s*(?:[(（]{_NAMES}[)）]|(?:通讯员|记者)\s*{_NAMES}|{_NAMES}\s*摄)$"
+)
+_SUBTITLE = re.compile(r"^——\s*\S")
+
+# Web chrome of scraped pages: breadcrumbs, print/zoom buttons, related-link lists.
+_CHROME_LINE = re.compile(r"^(?:您当前的位置|当前位置|首页\s*>)")
+_CHROME_TOKENS = {"打印", "放大", "原大", "缩小", "|", "正文", "关闭", "分享到"}
+_LINK_LIST_HEADERS = {"相关稿件", "专题聚焦", "最热新闻", "本网专稿", "权威发布", "区县新闻", "相关新闻"}
+_MD_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*$")
+
+
+@dataclass
+class _Block:
+    """A run of non-blank lines between blank lines, with what the layout says about it."""
+
+    lines: list[str]
+    gap_before: int = 1
+    gap_after: int = 1
+    kind: str = "body"  # heading | byline | credit | subtitle | body
+    credit: str | None = None  # a credit cut from the end of a body block
+    markdown: bool = False  # a ``#`` heading: always a headline
+
+    @property
+    def text(self) -> str:
+        return _join_lines(self.lines)
+
+
+@dataclass
+class _Draft:
+    """An article being assembled while walking a page."""
+
+    headings: list[str] = field(default_factory=list)
+    subtitle: str | None = None
+    byline: str | None = None
+    paragraphs: list[str] = field(default_factory=list)
+
+
+def decode(data: bytes, name: str) -> str:
+    """Decode a document's bytes: UTF-8 (with or without BOM), else GB18030, else refuse."""
+    if b"\x00" in data[:8192]:
+        raise IngestError(f"{name}: looks like a binary file, not text; remove it or convert it to UTF-8 .txt")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        raise IngestError(f"{name}: not UTF-8 or GB18030 text; re-save it as UTF-8") from None
+    cjk = len(re.findall(f"[{_CJK}]", text))
+    if cjk < 0.3 * len(text.strip() or "x") * 0.5:
+        raise IngestError(f"{name}: not UTF-8, and not plausible GB18030 Chinese; re-save it as UTF-8")
+    log.warning("%s: decoded as GB18030; consider re-saving it as UTF-8", name)
+    return text
+
+
+def _is_ascii_word(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def _join_lines(lines: list[str]) -> str:
+    """Join layout-broken lines: no space between CJK, one space between Latin words."""
+    out = ""
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if out and _is_ascii_word(out[-1]) and _is_ascii_word(line[0]):
+            out += " "
+        out += line
+    return re.sub(r"[ \t]{2,}", " ", out)
+
+
+def _ends_sentence(text: str) -> bool:
+    stripped = text.rstrip(_CLOSERS + " ")
+    return bool(stripped) and (stripped[-1] in _TERMINAL or stripped.endswith("——"))
+
+
+def _clean_text(text: str) -> str:
+    """NFKC, but keep the Chinese ellipsis that NFKC spells as dots."""
+    return nfkc(text).replace("......", "……")
+
+
+def _is_chrome(line: str) -> bool:
+    if _CHROME_LINE.match(line):
+        return True
+    tokens = line.replace("|", " | ").split()
+    return bool(tokens) and all(t in _CHROME_TOKENS for t in tokens)
+
+
+def _blocks(text: str) -> tuple[list[_Block], bool]:
+    """Split a page into blocks; returns them and whether the page was a scraped web page."""
+    web_page = False
+    blocks: list[_Block] = []
+    current: list[str] = []
+    gap = 0
+    in_link_list = False
+
+    def flush() -> None:
+        nonlocal current, gap
+        if current:
+            blocks.append(_Block(lines=current, gap_before=gap))
+            current, gap = [], 0
+
+    for raw in _clean_text(text).splitlines():
+        line = raw.strip()
+        if not line:
+            flush()
+            gap += 1
+            continue
+        if _is_chrome(line):
+            web_page = True
+            flush()
+            continue
+        if line in _LINK_LIST_HEADERS:
+            in_link_list = web_page = True
+            flush()
+            continue
+        if in_link_list and line.startswith(("·", "•")):
+            continue
+        in_link_list = False
+        if line.startswith("本报讯") or _MD_HEADING.match(line):
+            flush()
+        current.append(line)
+        if _MD_HEADING.match(line):
+            flush()
+    flush()
+    for before, after in zip(blocks, blocks[1:], strict=False):
+        before.gap_after = after.gap_before
+    if blocks:
+        blocks[-1].gap_after = 2
+    return blocks, web_page
+
+
+def _heading_like(block: _Block) -> bool:
+    text = block.text
+    return (
+        len(block.lines) <= 2
+        and all(len(line) <= 40 for line in block.lines)
+        and not _NO_HEADING_PUNCT.search(text)
+        and not _BENBAOXUN.match(text)
+    )
+
+
+def _is_wide_layout(blocks: list[_Block]) -> bool:
+    """Scraped or reflowed pages keep a paragraph per line; print columns break every ~15 chars."""
+    lengths = sorted(len(line) for b in blocks for line in b.lines)
+    return bool(lengths) and lengths[len(lengths) // 2] > 50
+
+
+def _classify(blocks: list[_Block], web_page: bool) -> None:
+    """Label each block; see ``_Block.kind``."""
+    _label(blocks)
+    if web_page or not _is_wide_layout(blocks):
+        return
+    # On wide pages a short line with no space (``三墩镇成立43支村社“兰里青锐”后``) is
+    # usually a paragraph broken by the layout, not a headline: headlines there are
+    # two phrases with a space, or stand out by a byline, a picture gap or a credit.
+    for i, block in enumerate(blocks):
+        if block.kind != "heading" or block.markdown or " " in block.text:
+            continue
+        prev = blocks[i - 1] if i else None
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        supported = (
+            prev is None
+            or prev.kind in ("heading", "credit")
+            or prev.credit is not None
+            or (nxt is not None and nxt.kind in ("heading", "byline", "subtitle"))
+            or (nxt is not None and bool(_BENBAOXUN.match(nxt.text)))
+            or block.gap_before >= 2
+            or block.gap_after >= 2
+        )
+        if not supported:
+            block.kind = "body"
+
+
+def _label(blocks: list[_Block]) -> None:
+    for i, block in enumerate(blocks):
+        text = block.text
+        md = _MD_HEADING.match(text)
+        if md:
+            block.lines, block.kind, block.markdown = [md.group(1)], "heading", True
+        elif _SUBTITLE.match(text) and len(text) <= 40:
+            block.kind = "subtitle"
+        elif _BYLINE_LINE.match(text):
+            block.kind = "byline"
+        elif _PHOTO_CREDIT.match(text) or _PAREN_CREDIT.match(text):
+            block.kind = "credit"
+        elif _heading_like(block):
+            previous = blocks[i - 1] if i else None
+            # A bare name list right under a headline is the byline (``彭菲 张峰 丁宇红``).
+            if (
+                previous is not None
+                and previous.kind in ("heading", "subtitle")
+                and _NAMES_ONLY.match(text)
+                and all(len(t) <= 3 for t in text.split())
+            ):
+                block.kind = "byline"
+            else:
+                block.kind = "heading"
+        else:
+            block.kind = "body"
+            match = _TRAILING_CREDIT.search(text)
+            if match and match.start() > 0 and _ends_sentence(text[: match.start()]):
+                block.credit = match.group(0).strip().strip("()（）")
+                block.lines = [text[: match.start()]]
+
+
+def _merge_broken(blocks: list[_Block]) -> list[_Block]:
+    """Re-join body text that the layout split across blank lines (``掌`` / ``握``)."""
+    merged: list[_Block] = []
+    for block in blocks:
+        prev = merged[-1] if merged else None
+        if (
+            prev is not None
+            and prev.kind == "body"
+            and prev.credit is None
+            and block.kind == "body"
+            and block.gap_before <= 1
+            and not _ends_sentence(prev.text)
+            and not _BENBAOXUN.match(block.text)
+        ):
+            prev.lines = prev.lines + block.lines
+            prev.credit = block.credit
+            prev.gap_after = block.gap_after
+            continue
+        merged.append(block)
+    return merged
+
+
+def _join_heading(block: _Block) -> str:
+    """A headline printed on two lines: keep a space when the first line is a short phrase."""
+    first, *rest = block.lines
+    if not rest:
+        return first
+    sep = " " if len(first) < 12 else ""
+    return first + sep + "".join(rest)
+
+
+def _title_from_text(text: str) -> str:
+    first = re.split(r"[。！？!?]", text, maxsplit=1)[0]
+    return first if len(first) <= 24 else first[:24] + "…"
+
+
+class _PageWalker:
+    """Walks classified blocks and emits articles; see ``_segment``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.articles: list[Article] = []
+        self.draft = _Draft()
+
+    def close(self, headings: list[str] | None = None) -> None:
+        draft = self.draft
+        if headings:
+            draft.headings = headings
+        body = "\n".join(p for p in draft.paragraphs if p)
+        if body:
+            # The longest heading is the headline; shorter lines above it are the kicker.
+            heads = draft.headings
+            if heads:
+                main = max(range(len(heads)), key=lambda i: len(heads[i]))
+                title, kicker = heads[main], " ".join(heads[:main]) or None
+                extra = heads[main + 1 :]
+                if extra:  # lines under the headline (a photo caption, a deck) stay readable
+                    body = "\n".join([*extra, body])
+            else:
+                title, kicker = _title_from_text(body), None
+            self.articles.append(
+                Article(
+                    source=self.source,
+                    position=len(self.articles),
+                    title=title,
+                    text=body,
+                    byline=draft.byline,
+                    kicker=kicker,
+                    subtitle=draft.subtitle,
+                )
+            )
+        self.draft = _Draft()
+
+    def add_body(self, block: _Block) -> None:
+        text = block.text
+        match = _BENBAOXUN.match(text)
+        if match:
+            # Re-read the byline with its line breaks as spaces: two names may be split.
+            spaced = _BENBAOXUN.match(" ".join(block.lines))
+            byline = (spaced or match).group(1)
+            self.draft.byline = self.draft.byline or re.sub(r"\s+", " ", byline).strip()
+            text = text[match.end() :]
+        self.draft.paragraphs.append(text)
+        if block.credit:
+            self.draft.byline = self.draft.byline or block.credit
+
+
+def _heading_group(blocks: list[_Block], i: int) -> int:
+    """Index just past the run of heading blocks starting at ``i``."""
+    j = i
+    while j < len(blocks) and blocks[j].kind == "heading":
+        j += 1
+    return j
+
+
+def _segment(blocks: list[_Block], source: str, web_page: bool) -> list[Article]:
+    """Cut classified blocks into articles.
+
+    Three layouts occur:
+    - a scraped web page holds one article: its first headline is the title, later
+      short lines are section heads;
+    - headlines after the body (``本报讯`` pages set in narrow columns): a headline
+      group closes the article before it when it is "strong" (two lines, or kicker
+      plus title), follows a credit, or stands before another headline or article;
+      a lone short line followed by more body is a section head;
+    - headlines before the body (the common case): a headline starts a new article
+      unless the page uses bylines or ``本报讯`` and this one has neither, in which
+      case it is a section head; a trailing credit or a wide gap (a picture) always
+      ends an article.
+    """
+    walker = _PageWalker(source)
+    first_content = next((b for b in blocks if b.kind not in ("byline", "credit")), None)
+    headlines_after = first_content is not None and first_content.kind == "body" and not web_page
+    bylined = any(b.kind == "byline" for b in blocks) or any(_BENBAOXUN.match(b.text) for b in blocks)
+
+    i = 0
+    while i < len(blocks):
+        block = blocks[i]
+        draft = walker.draft
+        has_body = bool(draft.paragraphs)
+        prev = blocks[i - 1] if i else None
+        after_credit = prev is not None and (prev.kind == "credit" or prev.credit is not None)
+
+        if block.kind == "heading":
+            end = _heading_group(blocks, i)
+            group = [_join_heading(b) for b in blocks[i:end]]
+            nxt = blocks[end] if end < len(blocks) else None
+            starts_article = nxt is None or nxt.kind in ("byline", "subtitle") or bool(
+                _BENBAOXUN.match(nxt.text)
+            )
+            if web_page:
+                if not draft.headings and not has_body:
+                    draft.headings = group[:1]
+                    draft.paragraphs.extend(group[1:])
+                else:
+                    draft.paragraphs.extend(group)
+            elif not has_body:
+                draft.headings.extend(group)
+            elif headlines_after:
+                strong = len(group) > 1 or len(blocks[i].lines) > 1
+                nxt_is_heading = nxt is not None and nxt.kind == "heading"
+                if len(group) > 1 and after_credit and not starts_article:
+                    # The credited item took the first headline; the next item on the
+                    # page is set title-first (``春泥护花`` then ``推进疫苗接种``).
+                    walker.close(group[:1])
+                    walker.draft.headings = group[1:]
+                elif strong or after_credit or starts_article or nxt_is_heading:
+                    walker.close(group)
+                else:
+                    draft.paragraphs.extend(group)
+            else:
+                picture_gap = block.gap_before >= 2 or blocks[end - 1].gap_after >= 2
+                if not bylined or starts_article or after_credit or picture_gap:
+                    walker.close()
+                    walker.draft.headings = group
+                else:
+                    draft.paragraphs.extend(group)
+            i = end
+            continue
+
+        if block.kind == "subtitle":
+            draft.subtitle = block.text
+        elif block.kind == "byline":
+            if has_body and not headlines_after:
+                draft.byline = draft.byline or block.text
+                walker.close()
+            else:
+                draft.byline = block.text
+        elif block.kind == "credit":
+            if has_body:
+                if not block.text.startswith(("(图片", "（图片")):
+                    draft.byline = draft.byline or block.text.strip("()（）")
+                # With headlines after the body, the title still follows the credit.
+                if not headlines_after:
+                    walker.close()
+        else:
+            new_article = has_body and (
+                bool(_BENBAOXUN.match(block.text))
+                or (block.gap_before >= 2 and not headlines_after)
+                or (after_credit and not headlines_after)
+            )
+            if new_article:
+                walker.close()
+            walker.add_body(block)
+        i += 1
+    walker.close()
+    return walker.articles
+
+
+def parse_page(text: str, source: str) -> list[Article]:
+    """Segment one page's text into articles (empty list for a page with no text)."""
+    blocks, web_page = _blocks(text)
+    _classify(blocks, web_page)
+    blocks = _merge_broken(blocks)
+    return _segment(blocks, source, web_page)
+
+
+def read_document(path: Path) -> list[Article]:
+    """Read and segment one ``.txt``/``.md`` file; raises ``IngestError`` naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    return parse_page(decode(data, path.name), path.name)
+
+
+def list_documents(docs_dir: Path) -> list[Path]:
+    """The ``.txt``/``.md`` files of a docs folder, sorted; hidden files are skipped."""
+    if not docs_dir.is_dir():
+        raise IngestError(f"docs folder {docs_dir} does not exist; pass --docs DIR or set RAG_DOCS_DIR")
+    try:
+        paths = sorted(
+            p
+            for p in docs_dir.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in DOC_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(docs_dir).parts)
+        )
+    except OSError as exc:
+        raise IngestError(f"docs folder {docs_dir} cannot be read ({exc.strerror})") from None
+    return paths
+
+
+def load_corpus(docs_dir: Path) -> list[Article]:
+    """Every article of every document in ``docs_dir``; an empty corpus is an error."""
+    articles: list[Article] = []
+    for path in list_documents(docs_dir):
+        articles.extend(read_document(path))
+    if not articles:
+        raise IngestError(f"no .txt or .md articles found in {docs_dir}; add documents or pass --docs DIR")
+    return articles

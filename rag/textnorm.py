@@ -1,0 +1,68 @@
+"""Text normalization shared by ingestion, retrieval and evaluation.
+
+Chinese news text arrives with mixed full-width and half-width forms, stray spaces
+from print layout, and sometimes traditional characters. Every stage normalizes
+through these helpers so that what is indexed and what is asked compare equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import unicodedata
+
+import jieba
+import opencc
+
+jieba.setLogLevel(logging.WARNING)
+
+_WS = re.compile(r"\s+")
+
+
+def nfkc(text: str) -> str:
+    """NFKC-normalize (full-width ASCII to half-width, compatibility forms folded)."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def squash(text: str) -> str:
+    """NFKC and drop all whitespace: the form used to test "does A contain B".
+
+    Print layout inserts spaces and line breaks anywhere in Chinese text, so
+    containment checks (evidence in a chunk, answer in evidence) ignore them.
+    """
+    return _WS.sub("", nfkc(text))
+
+
+@functools.cache
+def _t2s() -> opencc.OpenCC:
+    # Building the converter reads its dictionaries: do it once per process.
+    return opencc.OpenCC("t2s")
+
+
+def fold(text: str) -> str:
+    """The form that is embedded and searched: NFKC, simplified characters, lower case.
+
+    Readers in Taiwan and Hong Kong ask in traditional characters; folding both the
+    documents and the questions to simplified makes retrieval indifferent to it.
+    """
+    return _t2s().convert(nfkc(text)).lower()
+
+
+# Function words and question words: frequent in questions, useless as search terms.
+STOPWORDS = frozenset(
+    """的 了 是 在 和 与 及 或 等 也 都 就 而 并 又 被 把 对 为 以 于 从 由 向 将 之 其 这 那 有
+    吗 呢 吧 啊 呀 么 什么 哪些 哪个 哪里 哪儿 哪 谁 多少 几 怎么 怎样 如何 为什么 为何 是否 何时
+    什么时候 哪天 哪年 多久 多大 多长 几个 一个 请问 叫 叫做 称为 名叫 个 请 问 吗 该 此 这个 那个
+    它 他 她 他们 它们 我们 你 你们 the a an of to in is are was were what which who how why when""".split()
+)
+_PUNCT = re.compile(r"^[\W_]+$")
+
+
+def search_tokens(text: str) -> list[str]:
+    """Jieba search-mode tokens of the folded text, without stopwords and punctuation."""
+    return [
+        tok
+        for tok in jieba.cut_for_search(fold(text))
+        if tok.strip() and tok not in STOPWORDS and not _PUNCT.match(tok)
+    ]
