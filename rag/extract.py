@@ -1,0 +1,252 @@
+"""Extractive reading: pick the supporting sentence and the short answer inside it.
+
+No model is trained here. The question is read for its answer type (多少 wants a
+number, 谁 a person, ...) and for the slot its question word occupies; the sentence
+that best covers the question's terms is aligned to that slot. Weights come from
+measurement on the eval set (``rag eval``), not from hand-made special cases.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import jieba.posseg as pseg
+
+from rag.textnorm import fold, search_tokens
+
+# Question words, longest first, with the answer type each asks for.
+_WH_TYPES: list[tuple[str, str]] = [
+    (r"什么时候|什么时间|何时|哪一?天|哪一?年|哪个月|几月|几号|几日|哪一?日", "date"),
+    (r"为什么|为何|怎么样|怎样|怎么|如何|通过什么方式|用什么办法|采取了?什么", "how"),
+    (r"多少|几[个名家次项人位万千百十件条场户支所座批本份年天岁条套幅辆台处期届种类]?|多大|多长|多高|多重|多远|多久", "number"),
+    (r"哪位|哪些人|什么人|谁", "person"),
+    (r"哪里|哪儿|什么地方|在哪|何地|哪个(?:省|市|县|区|镇|乡|村|街道|社区|地方|园区|小区|国家)", "place"),
+    (
+        r"哪个|哪家|哪些|哪所|哪支|哪一|什么(?:单位|组织|部门|机构|公司|协会|企业|团队|平台)|哪",
+        "organization",
+    ),
+    (r"叫什么名字|叫什么|是什么|什么|何种|何", "name"),
+]
+_WH = re.compile("|".join(f"(?:{p})" for p, _ in _WH_TYPES))
+
+_CN_NUM = "零一二两三四五六七八九十百千万亿"
+_UNIT = (
+    r"(?:%|‰|个百分点|平方米|平方公里|千米|公里|公斤|万元|亿元|元|万人次|人次|万人|名|家|次|项|件|个|人|"
+    r"户|米|吨|亩|场|所|座|支|条|份|册|本|位|批|天|年|月|日|岁|辆|台|间|处|套|幅|榀|周|届|期|余项|起|片|类|大|条次)"
+)
+NUMBER = re.compile(
+    rf"(?:\d+(?:[.,]\d+)*|[{_CN_NUM}]+)(?:多|余)?(?:万|亿|千|百)?(?:多|余)?{_UNIT}?"
+    rf"(?:(?:至|到|-|~)(?:\d+(?:[.,]\d+)*|[{_CN_NUM}]+)(?:万|亿)?{_UNIT})?"
+)
+DATE = re.compile(
+    r"(?:\d{4}年)?\d{1,2}月(?:\d{1,2}日|初|中旬|下旬|上旬|底)?(?:下午|上午|晚)?|\d{4}年(?:底|初)?|"
+    r"(?:今年|去年|明年)(?:以来|上半年|下半年|初|底)?|年末|近日|日前|近期|近年来"
+)
+_CLAUSE_END = "，,。；;！？!?、：:\n"
+_TRIM = "，,。；;：:、 “”\"'（）()《》—"
+_LEADING_FILLER = re.compile(r"^(?:是|为|有|达|共|约|了|在|于|由|对|将|把|被|向|的|与|和)+")
+_TRAILING_FILLER = re.compile(r"(?:等|的|了|是|为|在|和|与|及)+$")
+
+
+@dataclass(frozen=True)
+class QuestionAnalysis:
+    """What a question asks for: its type, the text around its question word, and its terms."""
+
+    kind: str
+    left: str
+    right: str
+    terms: list[str]
+
+
+def analyse(question: str) -> QuestionAnalysis:
+    """Read a question's answer type and the context left and right of its question word."""
+    q = fold(question).rstrip("?？。!！ ")
+    match = _WH.search(q)
+    if not match:
+        return QuestionAnalysis("other", q, "", search_tokens(question))
+    wh = match.group(0)
+    kind = next(t for p, t in _WH_TYPES if re.fullmatch(p, wh))
+    return QuestionAnalysis(kind, q[: match.start()], q[match.end() :], search_tokens(question))
+
+
+def _find_all(text: str, token: str) -> list[int]:
+    out, start = [], text.find(token)
+    while start >= 0:
+        out.append(start)
+        start = text.find(token, start + 1)
+    return out
+
+
+def coverage(terms: list[str], text: str, idf: dict[str, float]) -> float:
+    """IDF-weighted share of the question's terms found in ``text`` (folded)."""
+    if not terms:
+        return 0.0
+    folded = fold(text)
+    total = sum(idf.get(t, 1.0) for t in terms)
+    found = sum(idf.get(t, 1.0) for t in terms if t in folded)
+    return found / total if total else 0.0
+
+
+def _clause_bounds(text: str, pos: int) -> tuple[int, int]:
+    start = pos
+    while start > 0 and text[start - 1] not in _CLAUSE_END:
+        start -= 1
+    end = pos
+    while end < len(text) and text[end] not in _CLAUSE_END:
+        end += 1
+    return start, end
+
+
+def _clean(span: str) -> str:
+    span = span.strip(_TRIM)
+    span = _LEADING_FILLER.sub("", span)
+    span = _TRAILING_FILLER.sub("", span)
+    # Keep a quoted term whole: "“红动锦屏" loses its opening quote to the trim above.
+    if span.count("“") > span.count("”"):
+        span += "”"
+    if span.count("”") > span.count("“"):
+        span = "“" + span
+    return span.strip()
+
+
+def _anchor(text: str, terms: list[str], last: bool) -> tuple[int, int] | None:
+    """The span of the last (or first) occurrence of any of ``terms`` in ``text``."""
+    spans = [(p, p + len(t)) for t in terms if len(t) > 1 or not t.isascii() for p in _find_all(text, t)]
+    if not spans:
+        return None
+    return max(spans, key=lambda s: (s[1], -s[0])) if last else min(spans)
+
+
+def _typed_spans(kind: str, text: str) -> list[tuple[int, int]]:
+    if kind == "number":
+        return [m.span() for m in NUMBER.finditer(text) if re.search(r"\d|[一二两三四五六七八九十百千万]", m.group())]
+    if kind == "date":
+        return [m.span() for m in DATE.finditer(text)]
+    if kind == "person":
+        spans, pos = [], 0
+        for word in pseg.cut(text):
+            if word.flag == "nr" and len(word.word) >= 2:
+                spans.append((pos, pos + len(word.word)))
+            pos += len(word.word)
+        return spans
+    return []
+
+
+_PLACE = re.compile(
+    r"[\u4e00-\u9fff·]{2,14}?(?:省|市|县|区|镇|乡|村|街道|社区|小区|园区|广场|公寓|大楼|新村|书院|校区|老街|街区|产业园|基地)"
+)
+_ORG = re.compile(
+    r"[\u4e00-\u9fff“”·+]{2,20}?(?:公司|协会|商会|集团|中心|局|委员会|工委|党委|党支部|支部|团|队|联盟|研究会|"
+    r"学院|大学|银行|事务所|法院|检察院|平台|工作室|站|所|办)"
+)
+_QUOTED = re.compile(r"[“\"'‘][^”\"'’]{1,30}[”\"'’](?:[\u4e00-\u9fff]{0,4}?(?:机制|行动|品牌|模式|计划|工程|活动|联盟|平台|队伍|组织|项目|服务|榜|团))?")
+_WINDOW = 16
+
+
+def candidate_spans(kind: str, text: str) -> list[tuple[int, int]]:
+    """Spans of ``text`` that could answer a question of this kind."""
+    spans = _typed_spans(kind, text)
+    if kind == "place":
+        spans += [m.span() for m in _PLACE.finditer(text)] + _pos_spans(text, ("ns",))
+    elif kind == "organization":
+        spans += [m.span() for m in _ORG.finditer(text)] + _pos_spans(text, ("nt",))
+        spans += [m.span() for m in _QUOTED.finditer(text)]
+    elif kind == "name":
+        spans += [m.span() for m in _QUOTED.finditer(text)]
+    return spans
+
+
+def _pos_spans(text: str, flags: tuple[str, ...]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for word in pseg.cut(text):
+        if word.flag in flags and len(word.word) >= 2:
+            spans.append((pos, pos + len(word.word)))
+        pos += len(word.word)
+    return spans
+
+
+def proximity(span: tuple[int, int], text: str, terms: list[str], idf: dict[str, float]) -> float:
+    """How strongly the question's terms surround a span: IDF mass in a window, nearer counts more."""
+    score = 0.0
+    for term in terms:
+        if len(term) < 2:
+            continue
+        best = 0.0
+        for pos in _find_all(text, term):
+            if span[0] <= pos < span[1]:
+                continue
+            gap = span[0] - (pos + len(term)) if pos < span[0] else pos - span[1]
+            if 0 <= gap <= _WINDOW:
+                best = max(best, 1.0 - gap / (_WINDOW + 1))
+        score += best * idf.get(term, 1.0)
+    total = sum(idf.get(t, 1.0) for t in terms if len(t) >= 2)
+    return score / total if total else 0.0
+
+
+def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) -> tuple[str, float] | None:
+    """The typed span of ``sentence`` best surrounded by the question's terms, with that score."""
+    text = fold(sentence)
+    if len(text) != len(sentence):
+        text = sentence
+    question = fold(analysis.left + analysis.right)
+    best: tuple[str, float] | None = None
+    for span in set(candidate_spans(analysis.kind, text)):
+        answer = sentence[span[0] : span[1]].strip(_TRIM)
+        if not answer or fold(answer) in question:
+            continue  # an answer repeats nothing the question already says
+        score = proximity(span, text, analysis.terms, idf) - 0.002 * (span[1] - span[0])
+        if best is None or score > best[1]:
+            best = (answer, score)
+    return best
+
+
+def short_answer(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float] | None = None) -> str:
+    """The minimal span of ``sentence`` that answers, or a clause of it when none stands out."""
+    typed = best_span(analysis, sentence, idf or {})
+    if typed is not None:
+        return typed[0]
+    return slot_answer(analysis, sentence)
+
+
+def slot_answer(analysis: QuestionAnalysis, sentence: str) -> str:
+    """The text where the question word's slot falls, aligned on the words around it."""
+    text = fold(sentence)
+    if len(text) != len(sentence):  # folding changed lengths: align on the original instead
+        text = sentence
+    left_terms = [t for t in search_tokens(analysis.left) if len(t) > 1]
+    right_terms = [t for t in search_tokens(analysis.right) if len(t) > 1]
+    left = _anchor(text, left_terms, last=True)
+    right = _anchor(text[left[1] :] if left else text, right_terms, last=False)
+    if right and left:
+        right = (right[0] + left[1], right[1] + left[1])
+
+    if left and right and right[0] - left[1] >= 1:
+        slot = (left[1], right[0])
+        head_noun = bool(right_terms) and analysis.right.lstrip("的").startswith(right_terms[0])
+        if head_noun and analysis.kind in ("name", "organization", "place"):
+            slot = (left[1], right[1])  # 什么联盟 -> “…”创新服务联盟: the noun belongs to the answer
+    elif left and not right:
+        slot = (left[1], _clause_bounds(text, left[1])[1])
+    elif right and not left:
+        slot = (_clause_bounds(text, right[0])[0], right[0])
+    else:
+        slot = (0, len(text))
+    span = _clean(sentence[slot[0] : slot[1]])
+    if len(span) < 2 or len(span) > 60:
+        start, end = _clause_bounds(text, slot[0])
+        span = _clean(sentence[start:end])
+    return span or sentence.strip()
+
+
+def type_fit(analysis: QuestionAnalysis, sentence: str) -> float:
+    """1 when the sentence holds something of the asked type (a number for 多少...), else 0."""
+    if analysis.kind in ("number", "date", "person"):
+        return 1.0 if _typed_spans(analysis.kind, fold(sentence)) else 0.0
+    return 1.0
+
+
+def idf_table(doc_freq: dict[str, int], num_docs: int) -> dict[str, float]:
+    """BM25-style IDF per term, so rare terms weigh more in coverage."""
+    return {t: math.log(1 + (num_docs - df + 0.5) / (df + 0.5)) for t, df in doc_freq.items()}

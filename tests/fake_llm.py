@@ -1,0 +1,227 @@
+"""A fake OpenAI-compatible chat server for tests: real HTTP on loopback, scripted "model".
+
+It speaks the chat-completions wire protocol the way OpenAI, Ollama, vLLM and llama.cpp's
+server do: ``POST /v1/chat/completions`` answers a ``chat.completion`` JSON object, or with
+``"stream": true`` an SSE stream of ``chat.completion.chunk`` objects ending in
+``data: [DONE]``; ``GET /v1/models`` lists the one model.
+
+The "model" is a script: a function of the request's messages returning either the reply
+text or a :class:`Fault` (sleep past the client's timeout, an HTTP error, a malformed body,
+a stream that stalls). Every request body is recorded in ``FakeLLM.requests``.
+
+    with FakeLLM(lambda messages: "回答[1]。") as fake:
+        settings = Settings(llm_base_url=fake.base_url, llm_model=fake.model)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+Messages = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A misbehaviour of the server instead of a normal reply.
+
+    ``sleep``: wait ``seconds`` before answering ``text`` normally (past the client's timeout).
+    ``status``: answer HTTP ``status`` with the OpenAI error body.
+    ``raw``: answer HTTP 200 with ``body`` verbatim as ``content_type`` (malformed replies);
+    with ``stream: true`` the body is sent as the SSE stream instead.
+    ``stall``: stream ``text`` and then stop sending for ``seconds`` before ``[DONE]``.
+    """
+
+    kind: str
+    seconds: float = 0.0
+    status: int = 200
+    body: str = ""
+    content_type: str = "application/json"
+    text: str = ""
+
+
+Reply = str | Fault
+Script = Callable[[Messages], Reply]
+
+
+def sleep(seconds: float, text: str = "太慢了[1]。") -> Fault:
+    """Answer ``text``, but only after ``seconds``."""
+    return Fault("sleep", seconds=seconds, text=text)
+
+
+def http_error(status: int, message: str = "internal error") -> Fault:
+    """Answer HTTP ``status`` with an OpenAI-style error body."""
+    body = json.dumps({"error": {"message": message, "type": "server_error", "code": None}})
+    return Fault("status", status=status, body=body)
+
+
+def raw(body: str, content_type: str = "application/json") -> Fault:
+    """Answer HTTP 200 with ``body`` as it is: non-JSON, JSON without choices, ..."""
+    return Fault("raw", body=body, content_type=content_type)
+
+
+def stall(text: str, seconds: float) -> Fault:
+    """Stream ``text``, then go silent for ``seconds`` (a stream that hangs mid-answer)."""
+    return Fault("stall", seconds=seconds, text=text)
+
+
+def last_user(messages: Messages) -> str:
+    """The content of the last user message (where the passages and the question are)."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
+@dataclass
+class FakeLLM:
+    """The server; a context manager that starts it on ``127.0.0.1`` on a free port."""
+
+    script: Script = field(default=lambda messages: "好的[1]。")
+    model: str = "fake-qwen"
+    api_key: str = "test-key"
+    chunk_chars: int = 3
+    """How many characters of the reply each streamed chunk carries."""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        """What ``RAG_LLM_BASE_URL`` would be: ``http://127.0.0.1:<port>/v1``."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> Self:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app(),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            daemon=True,
+            name="fake-llm",
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("fake LLM server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    # -- the HTTP side ------------------------------------------------------------------
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models(request: Request) -> Response:
+            if (denied := self._check_auth(request)) is not None:
+                return denied
+            data = [{"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}]
+            return JSONResponse({"object": "list", "data": data})
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            if (denied := self._check_auth(request)) is not None:
+                return denied
+            body = await request.json()
+            self.requests.append(body)
+            reply = self.script(body["messages"])
+            stream = bool(body.get("stream"))
+            if isinstance(reply, Fault):
+                if reply.kind == "status":
+                    return Response(reply.body, reply.status, media_type="application/json")
+                if reply.kind == "raw":
+                    media = "text/event-stream" if stream else reply.content_type
+                    return Response(reply.body, 200, media_type=media)
+                if reply.kind == "sleep":
+                    await asyncio.sleep(reply.seconds)
+                    reply_text = reply.text
+                elif reply.kind == "stall":
+                    return self._sse(reply.text, stall_seconds=reply.seconds)
+                else:
+                    raise ValueError(f"unknown fault {reply.kind}")
+            else:
+                reply_text = reply
+            if stream:
+                return self._sse(reply_text)
+            return JSONResponse(self._completion(reply_text, body["messages"]))
+
+        return app
+
+    def _check_auth(self, request: Request) -> Response | None:
+        if request.headers.get("authorization") == f"Bearer {self.api_key}":
+            return None
+        error = {
+            "message": "invalid api key",
+            "type": "invalid_request_error",
+            "code": "401",
+        }
+        return JSONResponse({"error": error}, status_code=401)
+
+    def _completion(self, text: str, messages: Messages) -> dict[str, Any]:
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages)
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(text),
+                "total_tokens": prompt_tokens + len(text),
+            },
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    def _sse(self, text: str, stall_seconds: float = 0.0) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            yield self._chunk({"role": "assistant", "content": ""})
+            for i in range(0, len(text), self.chunk_chars):
+                yield self._chunk({"content": text[i : i + self.chunk_chars]})
+            if stall_seconds:
+                await asyncio.sleep(stall_seconds)
+            yield self._chunk({}, finish="stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
