@@ -22,6 +22,7 @@ _WH_TYPES: list[tuple[str, str]] = [
     (r"为什么|为何|怎么样|怎样|怎么|如何|通过什么方式|用什么办法|采取了?什么", "how"),
     (r"多少|几[个名家次项人位万千百十件条场户支所座批本份年天岁条套幅辆台处期届种类]?|多大|多长|多高|多重|多远|多久", "number"),
     (r"哪位|哪些人|什么人|谁", "person"),
+    (r"哪些|哪几|哪[两三四五六七八九十]", "list"),
     (r"哪里|哪儿|什么地方|在哪|何地|哪个(?:省|市|县|区|镇|乡|村|街道|社区|地方|园区|小区|国家)", "place"),
     (
         r"哪个|哪家|哪些|哪所|哪支|哪一|什么(?:单位|组织|部门|机构|公司|协会|企业|团队|平台)|哪",
@@ -34,7 +35,8 @@ _WH = re.compile("|".join(f"(?:{p})" for p, _ in _WH_TYPES))
 _CN_NUM = "零一二两三四五六七八九十百千万亿"
 _UNIT = (
     r"(?:%|‰|个百分点|平方米|平方公里|千米|公里|公斤|万元|亿元|元|万人次|人次|万人|名|家|次|项|件|个|人|"
-    r"户|米|吨|亩|场|所|座|支|条|份|册|本|位|批|天|年|月|日|岁|辆|台|间|处|套|幅|榀|周|届|期|余项|起|片|类|大|条次)"
+    r"户|米|吨|亩|场次|场|所|座|支|条次|条|份|册|本|位|批|天|周年|年|月|日|岁|辆|台|间|处|套|幅|榀|周|届|期|起|片|类|大|"
+    r"万次|次|多名)"
 )
 NUMBER = re.compile(
     rf"(?:\d+(?:[.,]\d+)*|[{_CN_NUM}]+)(?:多|余)?(?:万|亿|千|百)?(?:多|余)?{_UNIT}?"
@@ -121,16 +123,16 @@ def _anchor(text: str, terms: list[str], last: bool) -> tuple[int, int] | None:
 
 def _typed_spans(kind: str, text: str) -> list[tuple[int, int]]:
     if kind == "number":
-        return [m.span() for m in NUMBER.finditer(text) if re.search(r"\d|[一二两三四五六七八九十百千万]", m.group())]
+        # A bare Chinese numeral without a unit is usually part of a name (中铁二十四局).
+        return [
+            m.span()
+            for m in NUMBER.finditer(text)
+            if re.search(r"\d", m.group()) or re.search(_UNIT + "$", m.group())
+        ]
     if kind == "date":
         return [m.span() for m in DATE.finditer(text)]
     if kind == "person":
-        spans, pos = [], 0
-        for word in pseg.cut(text):
-            if word.flag == "nr" and len(word.word) >= 2:
-                spans.append((pos, pos + len(word.word)))
-            pos += len(word.word)
-        return spans
+        return _pos_spans(text, ("nr",)) + [m.span(1) for m in _TITLED_PERSON.finditer(text)]
     return []
 
 
@@ -141,13 +143,46 @@ _ORG = re.compile(
     r"[\u4e00-\u9fff“”·+]{2,20}?(?:公司|协会|商会|集团|中心|局|委员会|工委|党委|党支部|支部|团|队|联盟|研究会|"
     r"学院|大学|银行|事务所|法院|检察院|平台|工作室|站|所|办)"
 )
-_QUOTED = re.compile(r"[“\"'‘][^”\"'’]{1,30}[”\"'’](?:[\u4e00-\u9fff]{0,4}?(?:机制|行动|品牌|模式|计划|工程|活动|联盟|平台|队伍|组织|项目|服务|榜|团))?")
+_QUOTED = re.compile(
+    r"[“\"'‘《][^”\"'’》]{1,30}[”\"'’》](?:[\u4e00-\u9fff]{0,6}(?:机制|行动|品牌|模式|计划|工程|活动|联盟|平台|队伍|组织|项目|服务|榜|团|驿站|工作室))?"
+)
+_TITLED_PERSON = re.compile(
+    r"(?:书记|主任|会长|董事长|总经理|律师|委员|负责人|代表|通讯员|记者|乡长|镇长|局长|部长|亭长|创始人|军人|大户|创二代|主席)"
+    r"([\u4e00-\u9fff]{2,3}?)(?=指出|表示|说|介绍|等|将|在|认为|走进|主动|陪同|,|。|、|\s|$)"
+)
 _WINDOW = 16
+ADJACENT_BONUS = 0.3
+HEAD_BONUS = 0.3
+
+
+_ITEM = r"[^，,。；;：:、\s()（）]"
+_ENUMERATION = re.compile(rf"(?:{_ITEM}{{1,15}}、)+{_ITEM}{{1,15}}(?:(?:和|及|与|以及){_ITEM}{{1,12}})?")
+
+
+def _enumerations(text: str) -> list[tuple[int, int]]:
+    """Runs of items joined by 、 (and a last 和/及 item): the usual shape of a Chinese list."""
+    return [m.span() for m in _ENUMERATION.finditer(text)]
+
+
+def _trim_list(span: tuple[int, int], text: str, left: list[str], right: list[str]) -> tuple[int, int]:
+    """Cut a list span to the items: after the question's own words before it, before those after it."""
+    start, end = span
+    for term in left:
+        pos = text.find(term, start, end)
+        if pos >= 0 and pos - start <= 6:
+            start = max(start, pos + len(term))
+    for term in right:
+        pos = text.find(term, start, end)
+        if pos > start:
+            end = min(end, pos)
+    return start, end
 
 
 def candidate_spans(kind: str, text: str) -> list[tuple[int, int]]:
     """Spans of ``text`` that could answer a question of this kind."""
     spans = _typed_spans(kind, text)
+    if kind == "list":
+        spans += _enumerations(text)
     if kind == "place":
         spans += [m.span() for m in _PLACE.finditer(text)] + _pos_spans(text, ("ns",))
     elif kind == "organization":
@@ -191,15 +226,41 @@ def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) 
     if len(text) != len(sentence):
         text = sentence
     question = fold(analysis.left + analysis.right)
+    spans = set(candidate_spans(analysis.kind, text))
+    if analysis.kind not in ("number", "date"):
+        # Prefer the whole name: 城西岙产业园区 over the 城西 inside it.
+        spans = {a for a in spans if not any(b != a and b[0] <= a[0] and a[1] <= b[1] for b in spans)}
+    left_terms = [t for t in search_tokens(analysis.left) if len(t) > 1]
+    right_terms = [t for t in search_tokens(analysis.right) if len(t) > 1]
+    head = right_terms[0] if right_terms and analysis.right.lstrip("的").startswith(right_terms[0]) else None
     best: tuple[str, float] | None = None
-    for span in set(candidate_spans(analysis.kind, text)):
-        answer = sentence[span[0] : span[1]].strip(_TRIM)
+    for span in spans:
+        if analysis.kind == "list":
+            span = _trim_list(span, text, left_terms, right_terms)
+            if span[1] - span[0] < 2:
+                continue
+        answer = _balance_quotes(sentence[span[0] : span[1]].strip(_TRIM.replace("“", "").replace("”", "")))
+        answer = _TRAILING_FILLER.sub("", answer) if analysis.kind == "list" else answer
         if not answer or fold(answer) in question:
             continue  # an answer repeats nothing the question already says
-        score = proximity(span, text, analysis.terms, idf) - 0.002 * (span[1] - span[0])
+        score = proximity(span, text, analysis.terms, idf)
+        before, after = text[: span[0]], text[span[1] :]
+        if any(before.endswith(t) for t in left_terms) or any(after.startswith(t) for t in right_terms):
+            score += ADJACENT_BONUS  # the slot sits right next to the question's own words
+        if head and fold(answer).endswith(head) and analysis.kind in ("name", "organization", "place"):
+            score += HEAD_BONUS  # 哪家律师事务所 -> 满江红律师事务所
         if best is None or score > best[1]:
             best = (answer, score)
     return best
+
+
+def _balance_quotes(span: str) -> str:
+    span = span.strip()
+    if span.count("“") > span.count("”"):
+        span = span.replace("“", "", 1) if span.startswith("“") else span + "”"
+    if span.count("”") > span.count("“"):
+        span = span[:-1] if span.endswith("”") else "“" + span
+    return span.strip()
 
 
 def short_answer(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float] | None = None) -> str:

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     )
 
     # Answers
-    abstain_threshold: float = 0.0
+    abstain_threshold: float = Field(
+        0.5,
+        description="Abstain when the best sentence covers less of the question's (IDF-weighted) terms.",
+    )
 
     # Optional LLM (any OpenAI-compatible endpoint)
     llm_base_url: str | None = None
