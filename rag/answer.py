@@ -121,14 +121,18 @@ class Answerer:
         warnings: list[str] = []
         use_llm = mode == "llm" or (mode == "auto" and self.llm is not None)
         if mode == "llm" and self.llm is None:
-            warnings.append("LLM mode requested but RAG_LLM_BASE_URL/RAG_LLM_MODEL are not set; extractive answer")
+            warnings.append(
+                "LLM mode requested but RAG_LLM_BASE_URL/RAG_LLM_MODEL are not set; extractive answer"
+            )
             use_llm = False
         query = retrieval_query(question, history)
         if use_llm and history and self.llm is not None:
             try:
                 query = rewrite_question(self.llm, question, history)
             except LLMError as exc:
-                warnings.append(f"LLM could not rewrite the follow-up, used the previous question's terms: {exc}")
+                warnings.append(
+                    f"LLM could not rewrite the follow-up, used the previous question's terms: {exc}"
+                )
         hits = self.retriever.search(query, k=top_k)
         retrieved = time.perf_counter()
         answer = self.extractive(question, query, hits)
@@ -166,8 +170,7 @@ class Answerer:
             "answer": round((done - retrieved) * 1000, 2),
             "total": round((done - started) * 1000, 2),
         }
-        for piece in re.findall(r".{1,8}", answer.answer, flags=re.S):
-            yield piece
+        yield from re.findall(r".{1,8}", answer.answer, flags=re.S)
         yield answer
 
     def candidates(self, question: str, hits: list[Hit]) -> list[Candidate]:

@@ -128,7 +128,9 @@ def search(
         emit_json(rows)
         return
     for row in rows:
-        typer.echo(f"{row['rank']}. [{row['score']:.4f}] {row['title']} ({row['source']})\n   {row['text']}\n")
+        typer.echo(
+            f"{row['rank']}. [{row['score']:.4f}] {row['title']} ({row['source']})\n   {row['text']}\n"
+        )
 
 
 @app.command()

@@ -124,6 +124,7 @@ def _settings_fingerprint(settings: Settings, embedder: Embedder) -> dict[str, A
 def build_faiss(vectors: np.ndarray, ann_threshold: int) -> faiss.Index:
     """Exact inner-product search for small corpora, HNSW from ``ann_threshold`` vectors on."""
     dim = vectors.shape[1] if vectors.ndim == 2 and vectors.size else 1
+    index: faiss.Index
     if len(vectors) >= ann_threshold:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
@@ -304,7 +305,9 @@ def _write_build(
             "versions": _versions(),
             "chunk_keys": keys,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
         final = builds / stamp
         tmp.rename(final)
         pointer_tmp = index_dir / f".CURRENT.{os.getpid()}"

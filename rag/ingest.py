@@ -15,6 +15,7 @@ The pipeline, per file:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -40,9 +41,7 @@ _BYLINE_LINE = re.compile(rf"^(?:(?:本报)?(?:通讯员|记者)\s*)+{_NAMES}$")
 _NAMES_ONLY = re.compile(rf"^{_NAMES}$")
 _PHOTO_CREDIT = re.compile(rf"^{_NAMES}\s*摄$")
 _PAREN_CREDIT = re.compile(rf"^[(（](?:{_NAMES}|图片由[^)）]{{1,20}}提供|[^)）]{{0,10}}摄)[)）]$")
-_TRAILING_CREDIT = re.compile(
-    rf"\s*(?:[(（]{_NAMES}[)）]|(?:通讯员|记者)\s*{_NAMES}|{_NAMES}\s*摄)$"
-)
+_TRAILING_CREDIT = re.compile(rf"\s*(?:[(（]{_NAMES}[)）]|(?:通讯员|记者)\s*{_NAMES}|{_NAMES}\s*摄)$")
 _SUBTITLE = re.compile(r"^——\s*\S")
 
 # Web chrome of scraped pages: breadcrumbs, print/zoom buttons, related-link lists.
@@ -81,7 +80,9 @@ class _Draft:
 def decode(data: bytes, name: str) -> str:
     """Decode a document's bytes: UTF-8 (with or without BOM), else GB18030, else refuse."""
     if b"\x00" in data[:8192]:
-        raise IngestError(f"{name}: looks like a binary file, not text; remove it or convert it to UTF-8 .txt")
+        raise IngestError(
+            f"{name}: looks like a binary file, not text; remove it or convert it to UTF-8 .txt"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -168,7 +169,7 @@ def _blocks(text: str) -> tuple[list[_Block], bool]:
         if _MD_HEADING.match(line):
             flush()
     flush()
-    for before, after in zip(blocks, blocks[1:], strict=False):
+    for before, after in itertools.pairwise(blocks):
         before.gap_after = after.gap_before
     if blocks:
         blocks[-1].gap_after = 2
@@ -376,8 +377,8 @@ def _segment(blocks: list[_Block], source: str, web_page: bool) -> list[Article]
             end = _heading_group(blocks, i)
             group = [_join_heading(b) for b in blocks[i:end]]
             nxt = blocks[end] if end < len(blocks) else None
-            starts_article = nxt is None or nxt.kind in ("byline", "subtitle") or bool(
-                _BENBAOXUN.match(nxt.text)
+            starts_article = (
+                nxt is None or nxt.kind in ("byline", "subtitle") or bool(_BENBAOXUN.match(nxt.text))
             )
             if web_page:
                 if not draft.headings and not has_body:

@@ -91,7 +91,7 @@ def _is_str_list(x) -> bool:
 def test_schema(questions):
     for q in questions:
         keys = set(q)
-        assert REQUIRED <= keys, f"{q.get('id')}: missing {REQUIRED - keys}"
+        assert keys >= REQUIRED, f"{q.get('id')}: missing {REQUIRED - keys}"
         assert keys <= REQUIRED | OPTIONAL, f"{q['id']}: unexpected {keys - REQUIRED - OPTIONAL}"
         assert re.fullmatch(r"q\d{3,}", q["id"]), q["id"]
         assert q["type"] in TYPES, f"{q['id']}: bad type {q['type']}"

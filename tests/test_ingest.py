@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -137,7 +138,18 @@ def test_headlines_and_section_heads_are_not_body_of_the_wrong_article() -> None
 
 def test_web_chrome_is_removed() -> None:
     (article,) = read_document(SEEDS / "003_55e4261343172afa.txt")
-    for chrome in ["您当前的位置", "打印", "放大", "相关稿件", "最热新闻", "本网专稿", "权威发布", "区县新闻", "·", "杭州地铁"]:
+    for chrome in [
+        "您当前的位置",
+        "打印",
+        "放大",
+        "相关稿件",
+        "最热新闻",
+        "本网专稿",
+        "权威发布",
+        "区县新闻",
+        "·",
+        "杭州地铁",
+    ]:
         assert chrome not in article.text
     assert article.text.rstrip().endswith("雷新钱说道。")
 
@@ -159,7 +171,7 @@ def test_chunks_carry_offsets_and_never_cross_articles() -> None:
         assert chunk.title == article.title and chunk.source == article.source
         assert len(chunk.text) <= 200
     # Consecutive chunks of one article overlap or touch: nothing is dropped.
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         if a.article_id == b.article_id:
             assert b.start <= a.end + 1
 
@@ -174,7 +186,9 @@ def test_plain_and_markdown_files(tmp_path: Path) -> None:
 
 
 def test_gb18030_is_detected_and_decoded(tmp_path: Path) -> None:
-    (tmp_path / "gbk.txt").write_bytes("锦屏街道成立创新服务联盟。\n这是用国标编码保存的文件。".encode("gb18030"))
+    (tmp_path / "gbk.txt").write_bytes(
+        "锦屏街道成立创新服务联盟。\n这是用国标编码保存的文件。".encode("gb18030")
+    )
     (article,) = load_corpus(tmp_path)
     assert "创新服务联盟" in article.text
 

@@ -1,0 +1,566 @@
+"""The JSON API against a real uvicorn server over the seed corpus (see ``live_server`` in conftest)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from rag.api import CSP, create_app, safe_filename
+from rag.embedding import Embedder
+from rag.settings import Settings
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}  # conftest.API_ADMIN_TOKEN
+PAGE_000 = "000_ed8d00c7a0348028.txt"
+
+LIBRARY_DOC = (
+    "青石岭村建成“星光书屋”乡村图书馆\n\n"
+    "本报讯（通讯员 林晓雨）日前，青石岭村建成了一座名为“星光书屋”的乡村图书馆，"
+    "馆内共有藏书8600册，每天向村民免费开放。村党支部书记周海涛说，书屋今后还将开设少儿阅读课堂。\n"
+)
+LIBRARY_QUESTION = "青石岭村建成的乡村图书馆叫什么名字"
+
+XSS_DOC = (
+    "紫藤湾社区网络安全讲座 <b>加粗</b>\n\n"
+    "本报讯（通讯员 王小明）紫藤湾社区近日举办网络安全讲座，讲师演示了<script>alert(1)</script>"
+    "这样的恶意脚本，以及<img src=x onerror=alert(1)>这样的图片标签，提醒居民不要点击陌生链接。\n"
+)
+
+
+@pytest.fixture(scope="module")
+def client(live_server: str, api_settings: Settings) -> Iterator[httpx.Client]:
+    assert ADMIN["Authorization"] == f"Bearer {api_settings.admin_token}"
+    with httpx.Client(base_url=live_server, timeout=120) as c:
+        yield c
+
+
+def upload(
+    client: httpx.Client, name: str, data: bytes, content_type: str = "text/plain", **kw
+) -> httpx.Response:
+    return client.post(
+        "/documents",
+        files={"file": (name, data, content_type)},
+        headers=kw.pop("headers", ADMIN),
+    )
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for frame in text.split("\n\n"):
+        if not frame.strip():
+            continue
+        name = re.search(r"^event: (.*)$", frame, re.MULTILINE)
+        data = re.search(r"^data: (.*)$", frame, re.MULTILINE)
+        assert name and data, frame
+        events.append((name.group(1), json.loads(data.group(1))))
+    return events
+
+
+# ---- /ask -----------------------------------------------------------------------------
+
+
+def test_ask_answers_with_citations(client: httpx.Client) -> None:
+    r = client.post("/ask", json={"question": "锦屏成立了什么联盟"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {
+        "question",
+        "answer",
+        "answer_sentence",
+        "abstained",
+        "mode",
+        "citations",
+        "warnings",
+        "timings_ms",
+    }
+    assert body["question"] == "锦屏成立了什么联盟"
+    assert not body["abstained"]
+    assert "创新服务联盟" in body["answer"] + body["answer_sentence"]
+    assert set(body["timings_ms"]) == {"retrieve", "answer", "total"}
+    cites = body["citations"]
+    assert 1 <= len(cites) <= 5
+    assert [c["id"] for c in cites] == list(range(1, len(cites) + 1))
+    for n in re.findall(r"\[(\d+)\]", body["answer"]):
+        assert 1 <= int(n) <= len(cites)
+    first = cites[0]
+    assert first["source"] == PAGE_000
+    assert first["article_id"].startswith(PAGE_000 + "#")
+    lo, hi = first["highlight"]
+    assert 0 <= lo < hi <= len(first["text"])
+    assert first["end"] - first["start"] == len(first["text"])
+
+
+def test_ask_top_k_and_history(client: httpx.Client) -> None:
+    history = [
+        {
+            "role": "user",
+            "content": "锦屏成立“基层站所+商会企业”创新服务联盟时，是和哪个商会一起协商的？",
+        },
+        {"role": "assistant", "content": "大桥商会。"},
+    ]
+    r = client.post("/ask", json={"question": "那它的会长是谁？", "top_k": 3, "history": history})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["citations"]) <= 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"question": ""}, 422, "question"),
+        ({"question": "   \n\t "}, 422, "question"),
+        ({"question": "问" * 2001}, 422, "question"),
+        ({}, 422, "question"),
+        ({"question": 5}, 422, "question"),
+        ({"question": "锦屏", "top_k": 0}, 422, "top_k"),
+        ({"question": "锦屏", "top_k": 21}, 422, "top_k"),
+        ({"question": "锦屏", "top_k": "many"}, 422, "top_k"),
+        ({"question": "锦屏", "mode": "magic"}, 422, "mode"),
+        (
+            {"question": "锦屏", "history": [{"role": "system", "content": "x"}]},
+            422,
+            "history",
+        ),
+        (["锦屏"], 422, "body"),
+    ],
+)
+def test_ask_rejects_bad_input(client: httpx.Client, body: object, status: int, field: str) -> None:
+    r = client.post("/ask", json=body)
+    assert r.status_code == status, r.text
+    payload = r.json()
+    assert field in payload["message"]
+    assert isinstance(payload["detail"], list)
+
+
+def test_ask_rejects_malformed_json_and_wrong_content_type(
+    client: httpx.Client,
+) -> None:
+    r = client.post(
+        "/ask",
+        content='{"question": "锦屏'.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert "JSON" in r.json()["message"]
+    r = client.post("/ask", data={"question": "锦屏"})
+    assert r.status_code == 415
+    assert "application/json" in r.json()["detail"]
+    r = client.post("/ask", content="锦屏".encode(), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_ask_stream_sends_deltas_then_the_answer(client: httpx.Client) -> None:
+    with client.stream("POST", "/ask/stream", json={"question": "锦屏成立了什么联盟"}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.read().decode())
+    names = [name for name, _ in events]
+    assert names[-1] == "answer"
+    assert names[:-1] and set(names[:-1]) == {"delta"}
+    final = events[-1][1]
+    assert "".join(data["text"] for name, data in events if name == "delta") == final["answer"]
+    assert final["citations"][0]["source"] == PAGE_000
+
+
+def test_ask_stream_validates_before_streaming(client: httpx.Client) -> None:
+    r = client.post("/ask/stream", json={"question": " "})
+    assert r.status_code == 422
+    assert "question" in r.json()["message"]
+
+
+def test_32_concurrent_asks_all_succeed(live_server: str) -> None:
+    questions = [
+        "锦屏成立了什么联盟",
+        "恒锋工具位于哪里",
+        "芯·潮夜市大约有多少个摊位",
+        "岳林街道辖区有多少家高新技术企业",
+    ]
+    barrier = threading.Barrier(32)
+
+    def one(i: int) -> tuple[int, dict]:
+        with httpx.Client(base_url=live_server, timeout=300) as c:
+            barrier.wait()
+            r = c.post("/ask", json={"question": questions[i % len(questions)]})
+            return r.status_code, r.json()
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert [status for status, _ in results] == [200] * 32
+    assert all(body["citations"] for _, body in results)
+
+
+# ---- /search, /documents, /healthz ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
+def test_search(client: httpx.Client, mode: str) -> None:
+    r = client.get("/search", params={"q": "锦屏 联盟", "k": 3, "mode": mode})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["mode"] == mode
+    hits = body["hits"]
+    assert 1 <= len(hits) <= 3
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+    assert {
+        "chunk_id",
+        "article_id",
+        "source",
+        "title",
+        "text",
+        "start",
+        "end",
+        "score",
+    } <= set(hits[0])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"q": ""}, {"q": "  "}, {"q": "锦屏", "k": 0}, {"q": "锦屏", "mode": "x"}, {}],
+)
+def test_search_rejects_bad_input(client: httpx.Client, params: dict) -> None:
+    r = client.get("/search", params=params)
+    assert r.status_code == 422, r.text
+
+
+def test_documents_list_and_read(client: httpx.Client) -> None:
+    r = client.get("/documents")
+    assert r.status_code == 200
+    docs = r.json()
+    assert len(docs) > 5
+    first = next(d for d in docs if d["id"] == f"{PAGE_000}#0")
+    assert first == {
+        "id": f"{PAGE_000}#0",
+        "source": PAGE_000,
+        "title": first["title"],
+        "position": 0,
+    }
+    r = client.get(f"/documents/{quote(first['id'], safe='')}")
+    assert r.status_code == 200
+    article = r.json()
+    assert article["title"] == first["title"]
+    assert {"kicker", "subtitle", "byline", "source", "text"} <= set(article)
+    assert "创新服务联盟" in article["text"]
+
+
+@pytest.mark.parametrize("doc_id", ["nope", f"{PAGE_000}%2399", "..%2F..%2Fetc%2Fpasswd"])
+def test_unknown_document_is_404(client: httpx.Client, doc_id: str) -> None:
+    r = client.get(f"/documents/{doc_id}")
+    assert r.status_code == 404
+    assert "detail" in r.json()
+    assert client.get(f"/read/{doc_id}").status_code == 404
+
+
+def test_healthz(client: httpx.Client) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["model"]
+    assert body["counts"]["articles"] > 5
+    assert body["built_at"]
+
+
+def test_openapi_documents_the_routes(client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in [
+        "/ask",
+        "/search",
+        "/documents",
+        "/documents/{doc_id}",
+        "/healthz",
+        "/v1/chat/completions",
+    ]:
+        assert path in paths
+    ask = schema["components"]["schemas"]["AskResponse"]["properties"]
+    assert {"question", "answer", "citations", "timings_ms"} <= set(ask)
+    assert client.get("/docs").status_code == 200
+
+
+# ---- the page and security headers ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/healthz", "/static/app.js", "/documents/nope", f"/read/{PAGE_000}%230"],
+)
+def test_security_headers_everywhere(client: httpx.Client, path: str) -> None:
+    r = client.get(path)
+    assert r.headers["content-security-policy"] == CSP
+    assert "'unsafe-inline'" not in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["x-frame-options"] == "DENY"
+
+
+def test_security_headers_on_errors_and_posts(client: httpx.Client) -> None:
+    for r in [
+        client.post("/ask", json={}),
+        client.post("/ask", json={"question": "锦屏"}),
+    ]:
+        assert r.headers["content-security-policy"] == CSP
+    # Swagger UI is the one page allowed its CDN bundle and inline bootstrap.
+    docs = client.get("/docs")
+    assert "'unsafe-inline'" in docs.headers["content-security-policy"]
+    assert docs.headers["x-frame-options"] == "DENY"
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[dict[str, str | None]] = []
+        self.inline_script = False
+        self.handlers: list[str] = []
+        self.styles: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "script":
+            self.scripts.append(a)
+            self._in_script = True
+        if tag == "style" or "style" in a:
+            self.styles.append(tag)
+        self.handlers += [k for k in a if k.startswith("on")]
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline_script = True
+
+
+def test_page_has_no_inline_script_and_nothing_external(client: httpx.Client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    html = r.text
+    assert 'name="viewport"' in html
+    tags = _Tags()
+    tags.feed(html)
+    assert tags.scripts and all(s.get("src", "").startswith("/static/") for s in tags.scripts)
+    assert not tags.inline_script and not tags.handlers and not tags.styles
+    assert "锦屏成立了什么联盟" in html
+    web = Path(__file__).resolve().parent.parent / "web"
+    for path in [*web.rglob("*.html"), *web.rglob("*.js"), *web.rglob("*.css")]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), path
+        assert "@import" not in text and "url(http" not in text, path
+        if path.suffix == ".js":
+            assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write|\beval\(", text)
+
+
+# ---- adding and removing documents ---------------------------------------------------
+
+
+def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Settings) -> None:
+    r = upload(client, "星光书屋.txt", LIBRARY_DOC.encode())
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["source"] == "星光书屋.txt"
+    assert body["articles"] and body["articles"][0]["id"] == "星光书屋.txt#0"
+    assert (api_settings.docs_dir / "星光书屋.txt").read_text(encoding="utf-8") == LIBRARY_DOC
+    try:
+        answer = client.post("/ask", json={"question": LIBRARY_QUESTION}).json()
+        assert answer["citations"][0]["source"] == "星光书屋.txt"
+        assert "星光书屋" in answer["citations"][0]["text"]
+        assert any(d["source"] == "星光书屋.txt" for d in client.get("/documents").json())
+    finally:
+        deleted = client.delete(f"/documents/{quote('星光书屋.txt#0', safe='')}", headers=ADMIN)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["deleted"] == "星光书屋.txt"
+    assert not (api_settings.docs_dir / "星光书屋.txt").exists()
+    answer = client.post("/ask", json={"question": LIBRARY_QUESTION}).json()
+    assert all(c["source"] != "星光书屋.txt" for c in answer["citations"])
+    assert client.get(f"/documents/{quote('星光书屋.txt#0', safe='')}").status_code == 404
+    assert client.delete("/documents/星光书屋.txt", headers=ADMIN).status_code == 404
+
+
+def test_upload_replaces_a_file_of_the_same_name(client: httpx.Client) -> None:
+    try:
+        assert (
+            upload(
+                client,
+                "replace_me.md",
+                "# 初版标题\n\n初版内容：柳塘村修好了一条路。".encode(),
+            ).status_code
+            == 201
+        )
+        r = upload(
+            client,
+            "replace_me.md",
+            "# 修订标题\n\n修订内容：柳塘村建好了一座桥。".encode(),
+        )
+        assert r.status_code == 201
+        assert r.json()["replaced"] is True
+        titles = [d["title"] for d in client.get("/documents").json() if d["source"] == "replace_me.md"]
+        assert titles == ["修订标题"]
+    finally:
+        client.delete("/documents/replace_me.md", headers=ADMIN)
+
+
+def test_upload_needs_the_admin_token(client: httpx.Client, api_settings: Settings) -> None:
+    data = LIBRARY_DOC.encode()
+    assert upload(client, "a.txt", data, headers={}).status_code == 401
+    r = upload(client, "a.txt", data, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert (
+        client.delete(f"/documents/{PAGE_000}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    )
+    assert not (api_settings.docs_dir / "a.txt").exists()
+    assert (api_settings.docs_dir / PAGE_000).exists()
+
+
+def test_uploads_are_off_without_a_token(api_settings: Settings, embedder: Embedder) -> None:
+    no_token = api_settings.model_copy(update={"admin_token": None})
+    with TestClient(create_app(no_token, embedder=embedder)) as c:
+        r = c.post(
+            "/documents",
+            files={"file": ("a.txt", LIBRARY_DOC.encode(), "text/plain")},
+            headers=ADMIN,
+        )
+        assert r.status_code == 403
+        assert "RAG_ADMIN_TOKEN" in r.json()["detail"]
+        assert c.delete(f"/documents/{PAGE_000}", headers=ADMIN).status_code == 403
+        assert c.get("/healthz").json()["uploads_enabled"] is False
+    assert not (api_settings.docs_dir / "a.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "content_type", "status", "mentions"),
+    [
+        ("bad.pdf", b"%PDF-1.4 ...", "application/pdf", 415, "bad.pdf"),
+        ("noext", "文字".encode(), "text/plain", 415, "noext"),
+        (
+            "picture.txt",
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "text/plain",
+            400,
+            "picture.txt",
+        ),
+        ("latin.txt", bytes(range(128, 256)) * 4, "text/plain", 400, "latin.txt"),
+        ("image.txt", "文字".encode(), "image/png", 415, "image.txt"),
+        ("empty.txt", b"", "text/plain", 400, "empty.txt"),
+        ("..", "文字".encode(), "text/plain", 415, ".."),
+        ("../.txt", "文字".encode(), "text/plain", 415, ".txt"),
+    ],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    client: httpx.Client,
+    api_settings: Settings,
+    name: str,
+    data: bytes,
+    content_type: str,
+    status: int,
+    mentions: str,
+) -> None:
+    before = sorted(p.name for p in api_settings.docs_dir.iterdir())
+    r = upload(client, name, data, content_type)
+    assert r.status_code == status, r.text
+    assert mentions in r.json()["detail"]
+    assert sorted(p.name for p in api_settings.docs_dir.iterdir()) == before
+
+
+def test_upload_size_limit(client: httpx.Client, api_settings: Settings) -> None:
+    big = ("锦屏" * (api_settings.max_upload_bytes // 6 + 10)).encode()
+    assert len(big) > api_settings.max_upload_bytes
+    r = upload(client, "big.txt", big)
+    assert r.status_code == 413
+    assert not (api_settings.docs_dir / "big.txt").exists()
+
+
+def test_upload_must_be_multipart(client: httpx.Client) -> None:
+    r = client.post("/documents", json={"file": "x"}, headers=ADMIN)
+    assert r.status_code == 415
+
+
+def test_path_escapes_stay_in_the_docs_folder(client: httpx.Client, api_settings: Settings) -> None:
+    root = api_settings.docs_dir.parent
+    for raw in ["../../escape.txt", "..\\..\\escape.txt", "/etc/escape.txt"]:
+        r = upload(client, raw, "逃逸测试：这份文件只能保存在资料文件夹里。".encode())
+        assert r.status_code == 201, r.text
+        assert r.json()["source"] == "escape.txt"
+        assert (api_settings.docs_dir / "escape.txt").is_file()
+        assert not (root / "escape.txt").exists() and not (root.parent / "escape.txt").exists()
+    assert not Path("/etc/escape.txt").exists()
+    assert client.delete("/documents/escape.txt", headers=ADMIN).status_code == 200
+    assert not (api_settings.docs_dir / "escape.txt").exists()
+    # Deleting goes by indexed names only: no path reaches the file system.
+    assert client.delete("/documents/..%2Fdocs%2F" + PAGE_000, headers=ADMIN).status_code == 404
+    assert (api_settings.docs_dir / PAGE_000).exists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("报道.txt", "报道.txt"),
+        ("../../a b.TXT", "a_b.txt"),
+        ("C:\\x\\y\\note.md", "note.md"),
+        (".hidden.txt", "hidden.txt"),
+        ("a;rm -rf $HOME.txt", "a_rm_-rf_HOME.txt"),
+        ("x..y.md", "x.y.md"),
+    ],
+)
+def test_safe_filename(raw: str, safe: str) -> None:
+    assert safe_filename(raw) == safe
+
+
+def test_xss_document_is_served_as_text(client: httpx.Client) -> None:
+    r = upload(client, "xss.txt", XSS_DOC.encode())
+    assert r.status_code == 201, r.text
+    doc_id = r.json()["articles"][0]["id"]
+    try:
+        article = client.get(f"/documents/{quote(doc_id, safe='')}").json()
+        assert "<script>alert(1)</script>" in article["text"]
+        page = client.get(f"/read/{quote(doc_id, safe='')}")
+        assert page.status_code == 200
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    finally:
+        client.delete(f"/documents/{quote(doc_id, safe='')}", headers=ADMIN)
+
+
+def test_unexpected_errors_are_json_with_headers(
+    api_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(create_app(api_settings, embedder=embedder), raise_server_exceptions=False) as c:
+        answerer = c.app.state.service.engine.answerer  # type: ignore[attr-defined]
+
+        def broken(*args: object, **kwargs: object) -> Iterator[str]:
+            raise RuntimeError("boom")
+            yield ""
+
+        monkeypatch.setattr(answerer, "answer_stream", broken)
+        monkeypatch.setattr(answerer, "answer", broken)
+        r = c.post("/ask", json={"question": "锦屏成立了什么联盟"})
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal server error; see the server log"}
+        assert r.headers["content-security-policy"] == CSP
+        assert "boom" not in r.text
+        events = sse_events(c.post("/ask/stream", json={"question": "锦屏成立了什么联盟"}).text)
+        assert events == [("error", {"detail": "internal error while answering; see the server log"})]
+
+
+def test_the_last_document_cannot_be_deleted(settings: Settings, embedder: Embedder, tmp_path: Path) -> None:
+    from rag.index import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "only.txt").write_text(LIBRARY_DOC, encoding="utf-8")
+    one = settings.model_copy(update={"docs_dir": docs, "index_dir": tmp_path / "index", "admin_token": "t"})
+    build_index(one, embedder)
+    with TestClient(create_app(one, embedder=embedder)) as c:
+        r = c.delete("/documents/only.txt", headers={"Authorization": "Bearer t"})
+        assert r.status_code == 409
+        assert "last document" in r.json()["detail"]
+    assert (docs / "only.txt").is_file()
