@@ -120,9 +120,20 @@ def _ends_sentence(text: str) -> bool:
     return bool(stripped) and (stripped[-1] in _TERMINAL or stripped.endswith("——"))
 
 
+_FULL_WIDTH = str.maketrans({",": "，", ";": "；", ":": "：", "!": "！", "?": "？"})
+_CJK_PUNCT = re.compile(rf"(?<=[{_CJK}“”])[,;:!?]|[,;:!?](?=[{_CJK}“”])")
+_CJK_PARENS = re.compile(rf"\(([^()\n]*[{_CJK}][^()\n]*)\)")
+
+
 def _clean_text(text: str) -> str:
-    """NFKC, but keep the Chinese ellipsis that NFKC spells as dots."""
-    return nfkc(text).replace("......", "……")
+    """NFKC (full-width letters and digits folded), then Chinese punctuation restored.
+
+    NFKC spells ，；：（） and …… in ASCII; between Chinese characters readers expect
+    the full-width forms, so they are put back one for one (offsets do not move).
+    """
+    text = nfkc(text).replace("......", "……")
+    text = _CJK_PARENS.sub(r"（\1）", text)
+    return _CJK_PUNCT.sub(lambda m: m.group().translate(_FULL_WIDTH), text)
 
 
 def _is_chrome(line: str) -> bool:

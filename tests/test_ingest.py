@@ -53,7 +53,7 @@ EXPECTED = {
         (None, "微阵地+全矩阵+有声化 掀起“全民学史”新潮流"),
     ],
     "003_55e4261343172afa.txt": [
-        (None, "临安区锦南街道:细“治”入微 努力实现防疫复工“两战赢”"),
+        (None, "临安区锦南街道：细“治”入微 努力实现防疫复工“两战赢”"),
     ],
     "004_2ca5edf0b340a4f5.txt": [
         (None, "“亲清下午茶” 政企话发展"),
@@ -61,8 +61,8 @@ EXPECTED = {
         (None, "强村富民 美好生活“看得见”"),
         (None, "“红色引擎” 点燃企业发展动力"),
         (None, "“激+”品牌 提升基层治理水平"),
-        (None, "6月25日,秀洲区“健康人生,绿色无毒”禁毒主题…"),
-        (None, "促销员、联络员、协调员,今年以来,嘉善县姚庄镇做…"),
+        (None, "6月25日，秀洲区“健康人生，绿色无毒”禁毒主题…"),
+        (None, "促销员、联络员、协调员，今年以来，嘉善县姚庄镇做…"),
         (None, "小平台大作用 致力构建亲清政商关系"),
         (None, "多措并举 助力创建文明典范城市"),
         (None, "“以商引商” 全力推动双招双引工作"),
@@ -156,7 +156,9 @@ def test_web_chrome_is_removed() -> None:
 
 def test_nfkc_and_ellipsis() -> None:
     text = "\n".join(a.text for a in load_corpus(SEEDS))
-    assert "（" not in text and "，" not in text  # full-width forms folded by NFKC
+    assert "Ａ" not in text and "１" not in text  # full-width letters and digits folded by NFKC
+    assert "日前,锦屏" not in text and "日前，锦屏街道" in text  # Chinese punctuation kept full-width
+    assert "12345(8890)" in text  # between digits, ASCII stays ASCII
     assert "……" in text and "......" not in text  # but the Chinese ellipsis is kept
 
 
