@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 NOT_FOUND = "资料中没有找到答案"
 
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]*[”’」』)]*")
+_BYLINE_QUESTION = re.compile(r"作者|通讯员|记者|署名|谁(?:写|拍|摄)|(?:拍|摄)的|拍摄|摄影")
+_BYLINE_ROLE = re.compile(r"本报|通讯员|记者|摄影|摄")
 _PRONOUN = re.compile(r"它|他|她|其|该|这|那|此|上述|前者|后者")
 
 
@@ -192,9 +194,26 @@ class Answerer:
         if not ranked or ranked[0].coverage < self.settings.abstain_threshold:
             citations = self._citations(hits, ranked, first=None)
             return Answer(question, NOT_FOUND, "", True, "extractive", citations)
+        byline = self._byline_answer(question, hits)
+        if byline is not None:
+            return byline
         best, short = self.pick(question, ranked)
         citations = self._citations(hits, ranked, first=best.hit_index)
         return Answer(question, f"{short} [1]", best.text.strip(), False, "extractive", citations)
+
+    def _byline_answer(self, question: str, hits: list[Hit]) -> Answer | None:
+        """Who wrote or photographed it: bylines are article metadata, not passage text."""
+        if not _BYLINE_QUESTION.search(question):
+            return None
+        articles = self.retriever.index.articles
+        for i, hit in enumerate(hits):
+            article = articles.get(hit.chunk.article_id)
+            if article is not None and article.byline:
+                names = _BYLINE_ROLE.sub("", article.byline).strip()
+                citations = self._citations(hits, [], first=i)
+                sentence = f"{article.title}（{article.byline}）"
+                return Answer(question, f"{names} [1]", sentence, False, "extractive", citations)
+        return None
 
     def pick(self, question: str, ranked: list[Candidate]) -> tuple[Candidate, str]:
         """The supporting sentence and short answer: sentence support plus how well a typed span fits."""

@@ -20,7 +20,10 @@ from rag.textnorm import fold, search_tokens
 _WH_TYPES: list[tuple[str, str]] = [
     (r"什么时候|什么时间|何时|哪一?天|哪一?年|哪个月|几月|几号|几日|哪一?日", "date"),
     (r"为什么|为何|怎么样|怎样|怎么|如何|通过什么方式|用什么办法|采取了?什么", "how"),
-    (r"多少|几[个名家次项人位万千百十件条场户支所座批本份年天岁条套幅辆台处期届种类]?|多大|多长|多高|多重|多远|多久", "number"),
+    (
+        r"多少|几[个名家次项人位万千百十件条场户支所座批本份年天岁条套幅辆台处期届种类]?|多大|多长|多高|多重|多远|多久",
+        "number",
+    ),
     (r"哪位|哪些人|什么人|谁", "person"),
     (r"哪些|哪几|哪[两三四五六七八九十]", "list"),
     (r"哪里|哪儿|什么地方|在哪|何地|哪个(?:省|市|县|区|镇|乡|村|街道|社区|地方|园区|小区|国家)", "place"),
@@ -30,7 +33,6 @@ _WH_TYPES: list[tuple[str, str]] = [
     ),
     (r"叫什么名字|叫什么|是什么|什么|何种|何", "name"),
 ]
-_WH = re.compile("|".join(f"(?:{p})" for p, _ in _WH_TYPES))
 
 _CN_NUM = "零一二两三四五六七八九十百千万亿"
 _UNIT = (
@@ -65,12 +67,13 @@ class QuestionAnalysis:
 def analyse(question: str) -> QuestionAnalysis:
     """Read a question's answer type and the context left and right of its question word."""
     q = fold(question).rstrip("?？。!！ ")
-    match = _WH.search(q)
-    if not match:
-        return QuestionAnalysis("other", q, "", search_tokens(question))
-    wh = match.group(0)
-    kind = next(t for p, t in _WH_TYPES if re.fullmatch(p, wh))
-    return QuestionAnalysis(kind, q[: match.start()], q[match.end() :], search_tokens(question))
+    # By priority, not position: in 是在哪一天 the date word wins over 在哪, in
+    # 是什么时候 over 是什么.
+    for pattern, kind in _WH_TYPES:
+        match = re.search(pattern, q)
+        if match:
+            return QuestionAnalysis(kind, q[: match.start()], q[match.end() :], search_tokens(question))
+    return QuestionAnalysis("other", q, "", search_tokens(question))
 
 
 def _find_all(text: str, token: str) -> list[int]:
