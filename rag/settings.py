@@ -48,9 +48,12 @@ class Settings(BaseSettings):
     # Retrieval
     mode: RetrievalMode = "hybrid"
     top_k: int = 5
-    rrf_k: int = 60
+    # Chosen by `rag eval` on the seed set (250 answerable questions): RRF with k=60 and equal
+    # weights gave MRR@10 0.916; BM25 weighted 3 with k=10 gives 0.973 (BM25 alone 0.973,
+    # dense alone 0.868) and the best paraphrase MRR (0.920 vs 0.880 for BM25 alone).
+    rrf_k: int = 10
     dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    bm25_weight: float = 3.0
     ann_threshold: int = Field(
         50_000, description="Chunk count from which FAISS uses HNSW instead of exact search."
     )
