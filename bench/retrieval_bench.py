@@ -67,7 +67,9 @@ def main() -> None:
 
     print(f"chunks: {len(chunks)}, tokens: {tokens}")
     print(f"bare SentenceTransformer.encode: {bare:.1f} s, {tokens / bare:.0f} tokens/s")
-    print(f"build_index embedding:          {stats.embed_seconds:.1f} s, {stats.tokens_per_second:.0f} tokens/s")
+    print(
+        f"build_index embedding:          {stats.embed_seconds:.1f} s, {stats.tokens_per_second:.0f} tokens/s"
+    )
     print(f"throughput ratio build/bare:     {bare / stats.embed_seconds:.2f}")
     print(f"total build time (seeds, fresh): {build_seconds:.1f} s")
     for mode, times in latency.items():

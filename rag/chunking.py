@@ -14,7 +14,9 @@ CHINESE_SEPARATORS = ["\n", "。", "！", "？", "!", "?", "；", ";", "，", ",
 def make_splitter(chunk_size: int, chunk_overlap: int) -> RecursiveCharacterTextSplitter:
     """A character-based splitter for Chinese text that keeps each separator at its sentence's end."""
     if chunk_size < 20 or not 0 <= chunk_overlap < chunk_size:
-        raise ValueError(f"chunk_size {chunk_size} / chunk_overlap {chunk_overlap}: need size>=20, 0<=overlap<size")
+        raise ValueError(
+            f"chunk_size {chunk_size} / chunk_overlap {chunk_overlap}: need size>=20, 0<=overlap<size"
+        )
     return RecursiveCharacterTextSplitter(
         separators=CHINESE_SEPARATORS,
         chunk_size=chunk_size,

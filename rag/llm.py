@@ -179,9 +179,7 @@ class LLMClient:
         """The one-line ``LLMError`` for whatever the client or the endpoint did."""
         where = f"LLM {self.model} at {self.base_url}"
         if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
-            return LLMError(
-                f"{where} timed out after {self.timeout:g}s (RAG_LLM_TIMEOUT)"
-            )
+            return LLMError(f"{where} timed out after {self.timeout:g}s (RAG_LLM_TIMEOUT)")
         if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
             cause = exc.__cause__ or exc
             return LLMError(_one_line(f"cannot reach {where}: {cause}"))
@@ -194,16 +192,12 @@ class LLMClient:
             detail = exc.message
             if isinstance(exc.body, dict):
                 detail = str(exc.body.get("message") or exc.body.get("error") or detail)
-            return LLMError(
-                _one_line(f"{where} answered HTTP {exc.status_code}{hint}: {detail}")
-            )
+            return LLMError(_one_line(f"{where} answered HTTP {exc.status_code}{hint}: {detail}"))
         if isinstance(exc, ValueError):  # json.JSONDecodeError, pydantic validation
             return LLMError(_one_line(f"{where} sent a malformed reply: {exc}"))
         return LLMError(_one_line(f"{where} failed: {type(exc).__name__}: {exc}"))
 
-    def _create(
-        self, messages: list[dict[str, str]], *, stream: bool, **options: Any
-    ) -> Any:
+    def _create(self, messages: list[dict[str, str]], *, stream: bool, **options: Any) -> Any:
         return self._client.chat.completions.create(
             model=self.model,
             messages=cast("list[ChatCompletionMessageParam]", messages),
@@ -221,27 +215,19 @@ class LLMClient:
         """The reply text to ``messages`` (a leading ``<think>`` block removed)."""
         started = time.perf_counter()
         try:
-            completion = self._create(
-                messages, stream=False, temperature=temperature, max_tokens=max_tokens
-            )
+            completion = self._create(messages, stream=False, temperature=temperature, max_tokens=max_tokens)
         except (openai.OpenAIError, httpx.HTTPError, ValueError) as exc:
             raise self._error(exc) from exc
         choices = getattr(completion, "choices", None)
         if not isinstance(choices, list) or not choices:
-            raise LLMError(
-                f"LLM {self.model} at {self.base_url} sent a malformed reply: no choices"
-            )
+            raise LLMError(f"LLM {self.model} at {self.base_url} sent a malformed reply: no choices")
         message = getattr(choices[0], "message", None)
         content = getattr(message, "content", None)
         if not isinstance(content, str) or not content.strip():
-            raise LLMError(
-                f"LLM {self.model} at {self.base_url} sent a malformed reply: no message content"
-            )
+            raise LLMError(f"LLM {self.model} at {self.base_url} sent a malformed reply: no message content")
         text = _strip_think(content).strip()
         if not text:
-            raise LLMError(
-                f"LLM {self.model} at {self.base_url} replied only with reasoning"
-            )
+            raise LLMError(f"LLM {self.model} at {self.base_url} replied only with reasoning")
         log.info(
             "LLM reply: %d chars in %.0f ms",
             len(text),
@@ -266,9 +252,7 @@ class LLMClient:
         think = _ThinkFilter()
         produced = 0
         try:
-            response = self._create(
-                messages, stream=True, temperature=temperature, max_tokens=max_tokens
-            )
+            response = self._create(messages, stream=True, temperature=temperature, max_tokens=max_tokens)
         except (openai.OpenAIError, httpx.HTTPError, ValueError) as exc:
             raise self._error(exc) from exc
         try:
@@ -295,9 +279,7 @@ class LLMClient:
             if callable(close):
                 close()
         if not produced:
-            raise LLMError(
-                f"LLM {self.model} at {self.base_url} streamed no answer text"
-            )
+            raise LLMError(f"LLM {self.model} at {self.base_url} streamed no answer text")
         log.info(
             "LLM stream: %d chars in %.0f ms",
             produced,
@@ -425,18 +407,14 @@ def rewrite_question(
         {"role": "system", "content": _render("rewrite.jinja2", "system")},
         {
             "role": "user",
-            "content": _render(
-                "rewrite.jinja2", "user", question=question.strip(), turns=turns
-            ),
+            "content": _render("rewrite.jinja2", "user", question=question.strip(), turns=turns),
         },
     ]
     rewritten = _clean_rewrite(client.complete(messages))
     if not rewritten:
         raise LLMError(f"LLM {client.model} returned an empty rewrite of the question")
     if len(rewritten) > MAX_REWRITE_CHARS:
-        raise LLMError(
-            f"LLM {client.model} rewrote the question into {len(rewritten)} characters"
-        )
+        raise LLMError(f"LLM {client.model} rewrote the question into {len(rewritten)} characters")
     log.info("rewrote %r as %r", question, rewritten)
     return rewritten
 
@@ -516,9 +494,7 @@ class VerifiedAnswer:
     def ok(self) -> bool:
         """Every sentence supported by a passage it cites, no citation dangling."""
         return not (
-            self.unsupported_sentences
-            or self.uncited_sentences
-            or any(s.missing for s in self.sentences)
+            self.unsupported_sentences or self.uncited_sentences or any(s.missing for s in self.sentences)
         )
 
     @property
@@ -551,11 +527,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _markers(sentence: str) -> list[int]:
-    return [
-        int(n)
-        for m in _MARKER.finditer(sentence)
-        for n in re.split(r"[,，、]", m.group(1))
-    ]
+    return [int(n) for m in _MARKER.finditer(sentence) for n in re.split(r"[,，、]", m.group(1))]
 
 
 def _searchable(text: str) -> str:
@@ -564,9 +536,7 @@ def _searchable(text: str) -> str:
 
 def _evidence(passage: Citation) -> str:
     """The passage text a sentence may rely on: sentences with planted instructions removed."""
-    return "".join(
-        s for s in _PASSAGE_SENTENCE.findall(passage.text) if not _INJECTION.search(s)
-    )
+    return "".join(s for s in _PASSAGE_SENTENCE.findall(passage.text) if not _INJECTION.search(s))
 
 
 def suspected_injections(passages: Iterable[Citation]) -> list[int]:
@@ -638,35 +608,25 @@ def verify_citations(
             overlap = term_overlap(content, joined)
             if similarity is not None:
                 best = max(float(similarity(content, t)) for t in texts)
-            supported = overlap >= overlap_threshold or (
-                best is not None and best >= similarity_threshold
-            )
+            supported = overlap >= overlap_threshold or (best is not None and best >= similarity_threshold)
             if supported and check_numbers:
                 wrong = _numbers(content) - set(_NUMBER.findall(_searchable(joined)))
                 if wrong:
                     supported = False
-                    result.warnings.append(
-                        f"第{i}句的数字{'、'.join(sorted(wrong))}不在引用的段落中"
-                    )
+                    result.warnings.append(f"第{i}句的数字{'、'.join(sorted(wrong))}不在引用的段落中")
             if not supported:
                 result.unsupported_sentences.append(sentence)
                 result.warnings.append(f"第{i}句没有被引用的段落支持")
-        result.sentences.append(
-            SentenceCheck(i, sentence, cited, missing, overlap, best, supported)
-        )
+        result.sentences.append(SentenceCheck(i, sentence, cited, missing, overlap, best, supported))
     if result.abstained and result.cited_ids:
-        result.abstained = (
-            False  # "not found" beside cited statements: a partial answer
-        )
+        result.abstained = False  # "not found" beside cited statements: a partial answer
     # Report planted instructions when they may have mattered: cited, or the answer is off.
     result.warnings[:0] = [
         f"段落[{pid}]含有疑似注入的指令，已忽略，不作为依据"
         for pid in injected
         if pid in result.cited_ids or not result.ok
     ]
-    log.debug(
-        "verified %d sentences: %s", len(result.sentences), result.warnings or "ok"
-    )
+    log.debug("verified %d sentences: %s", len(result.sentences), result.warnings or "ok")
     return result
 
 
