@@ -198,10 +198,7 @@ def eval_(
     docs: DocsOpt = None,
 ) -> None:
     """Measure retrieval and answers on question sets, write reports, optionally gate on thresholds."""
-    import os
 
-    # Passive OpenMP threads: spinning ones slow torch 10-20x when the cores are shared.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rag import evaluate as ev
 
     logging.getLogger("rag.evaluate").setLevel(logging.INFO)

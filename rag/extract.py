@@ -266,14 +266,6 @@ def _balance_quotes(span: str) -> str:
     return span.strip()
 
 
-def short_answer(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float] | None = None) -> str:
-    """The minimal span of ``sentence`` that answers, or a clause of it when none stands out."""
-    typed = best_span(analysis, sentence, idf or {})
-    if typed is not None:
-        return typed[0]
-    return slot_answer(analysis, sentence)
-
-
 def slot_answer(analysis: QuestionAnalysis, sentence: str) -> str:
     """The text where the question word's slot falls, aligned on the words around it."""
     text = fold(sentence)
