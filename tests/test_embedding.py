@@ -239,3 +239,39 @@ def test_family_prompts() -> None:
         "D: ",
     )
     assert family_prompts("some/model") == ("", "")
+
+
+# ---- ONNX Runtime for questions (rag.onnx_query) ----
+
+
+def test_questions_are_embedded_with_onnx_runtime_and_match_torch(e5: Embedder) -> None:
+    """The fast path for questions gives torch's vector for every kind of text."""
+    assert e5.query_encoder is not None, "onnxruntime is a dependency: the ORT path must load"
+    texts = TEXTS.parity_texts()[:120]
+    fast = np.stack([e5.embed_query(t) for t in texts])
+    slow = e5._encode(texts, e5.query_prompt)
+    cos = _cosines(fast, slow)
+    worst = sorted(zip(cos.tolist(), texts, strict=True))[:3]
+    assert cos.min() >= 0.9999, f"lowest cosines: {worst}"
+    assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+
+
+def test_damaged_onnx_export_is_made_again(e5: Embedder, tmp_path: Path) -> None:
+    """A corrupt cached export (disk full, killed copy) is replaced, not fatal."""
+    from rag.onnx_query import load_onnx_query_encoder, onnx_path
+
+    path = onnx_path(tmp_path, e5.fingerprint)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx model")
+    encoder = load_onnx_query_encoder(e5.model, e5.fingerprint, tmp_path, threads=1)
+    assert encoder is not None and path.stat().st_size > 1_000_000
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
+    vec = encoder.encode("锦屏成立了什么联盟", e5.query_prompt)
+    assert float(vec @ e5._encode(["锦屏成立了什么联盟"], e5.query_prompt)[0]) > 0.9999
+
+
+def test_query_backend_torch_skips_onnx(settings: Settings) -> None:
+    torch_only = load_embedder(settings.model_copy(update={"query_backend": "torch"}))
+    assert torch_only.query_encoder is None
+    vec = torch_only.embed_query("锦屏成立了什么联盟")
+    assert vec.shape == (384,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
