@@ -1,9 +1,11 @@
 """Extractive reading: pick the supporting sentence and the short answer inside it.
 
 No model is trained here. The question is read for its answer type (多少 wants a
-number, 谁 a person, ...) and for the slot its question word occupies; the sentence
-that best covers the question's terms is aligned to that slot. Weights come from
-measurement on the eval set (``rag eval``), not from hand-made special cases.
+number, 谁 a person, ...) and for the words around its question word; spans of that
+type in the best-supported sentences are scored by how closely the question's terms
+surround them. When no such span is found, the sentence itself is the answer
+(``rag.answer``). Weights come from measurement on the eval set (``rag eval``), not
+from hand-made special cases.
 """
 
 from __future__ import annotations
@@ -48,9 +50,7 @@ DATE = re.compile(
     r"(?:\d{4}年)?\d{1,2}月(?:\d{1,2}日|初|中旬|下旬|上旬|底)?(?:下午|上午|晚)?|\d{4}年(?:底|初)?|"
     r"(?:今年|去年|明年)(?:以来|上半年|下半年|初|底)?|年末|近日|日前|近期|近年来"
 )
-_CLAUSE_END = "，,。；;！？!?、：:\n"
 _TRIM = "，,。；;：:、 “”\"'（）()《》—"
-_LEADING_FILLER = re.compile(r"^(?:是|为|有|达|共|约|了|在|于|由|对|将|把|被|向|的|与|和)+")
 _TRAILING_FILLER = re.compile(r"(?:等|的|了|是|为|在|和|与|及)+$")
 
 
@@ -92,36 +92,6 @@ def coverage(terms: list[str], text: str, idf: dict[str, float]) -> float:
     total = sum(idf.get(t, 1.0) for t in terms)
     found = sum(idf.get(t, 1.0) for t in terms if t in folded)
     return found / total if total else 0.0
-
-
-def _clause_bounds(text: str, pos: int) -> tuple[int, int]:
-    start = pos
-    while start > 0 and text[start - 1] not in _CLAUSE_END:
-        start -= 1
-    end = pos
-    while end < len(text) and text[end] not in _CLAUSE_END:
-        end += 1
-    return start, end
-
-
-def _clean(span: str) -> str:
-    span = span.strip(_TRIM)
-    span = _LEADING_FILLER.sub("", span)
-    span = _TRAILING_FILLER.sub("", span)
-    # Keep a quoted term whole: "“红动锦屏" loses its opening quote to the trim above.
-    if span.count("“") > span.count("”"):
-        span += "”"
-    if span.count("”") > span.count("“"):
-        span = "“" + span
-    return span.strip()
-
-
-def _anchor(text: str, terms: list[str], last: bool) -> tuple[int, int] | None:
-    """The span of the last (or first) occurrence of any of ``terms`` in ``text``."""
-    spans = [(p, p + len(t)) for t in terms if len(t) > 1 or not t.isascii() for p in _find_all(text, t)]
-    if not spans:
-        return None
-    return max(spans, key=lambda s: (s[1], -s[0])) if last else min(spans)
 
 
 def _typed_spans(kind: str, text: str) -> list[tuple[int, int]]:
@@ -264,36 +234,6 @@ def _balance_quotes(span: str) -> str:
     if span.count("”") > span.count("“"):
         span = span[:-1] if span.endswith("”") else "“" + span
     return span.strip()
-
-
-def slot_answer(analysis: QuestionAnalysis, sentence: str) -> str:
-    """The text where the question word's slot falls, aligned on the words around it."""
-    text = fold(sentence)
-    if len(text) != len(sentence):  # folding changed lengths: align on the original instead
-        text = sentence
-    left_terms = [t for t in search_tokens(analysis.left) if len(t) > 1]
-    right_terms = [t for t in search_tokens(analysis.right) if len(t) > 1]
-    left = _anchor(text, left_terms, last=True)
-    right = _anchor(text[left[1] :] if left else text, right_terms, last=False)
-    if right and left:
-        right = (right[0] + left[1], right[1] + left[1])
-
-    if left and right and right[0] - left[1] >= 1:
-        slot = (left[1], right[0])
-        head_noun = bool(right_terms) and analysis.right.lstrip("的").startswith(right_terms[0])
-        if head_noun and analysis.kind in ("name", "organization", "place"):
-            slot = (left[1], right[1])  # 什么联盟 -> “…”创新服务联盟: the noun belongs to the answer
-    elif left and not right:
-        slot = (left[1], _clause_bounds(text, left[1])[1])
-    elif right and not left:
-        slot = (_clause_bounds(text, right[0])[0], right[0])
-    else:
-        slot = (0, len(text))
-    span = _clean(sentence[slot[0] : slot[1]])
-    if len(span) < 2 or len(span) > 60:
-        start, end = _clause_bounds(text, slot[0])
-        span = _clean(sentence[start:end])
-    return span or sentence.strip()
 
 
 def type_fit(analysis: QuestionAnalysis, sentence: str) -> float:

@@ -1,0 +1,49 @@
+"""The extractive answerer over the real seed index: short answers, sentence answers, abstention."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.answer import NOT_FOUND, Answerer
+from rag.embedding import Embedder
+from rag.index import load_index
+from rag.retrieval import Retriever
+from rag.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def answerer(seed_settings: Settings, embedder: Embedder) -> Answerer:
+    retriever = Retriever(load_index(seed_settings, embedder), embedder, seed_settings)
+    return Answerer(retriever, seed_settings)
+
+
+def _highlighted(answer_text: str, citation_text: str, highlight: tuple[int, int] | None) -> str:
+    assert highlight is not None, f"no highlight for {answer_text!r}"
+    return citation_text[highlight[0] : highlight[1]]
+
+
+def test_typed_question_gets_the_short_answer_inside_its_sentence(answerer: Answerer) -> None:
+    answer = answerer.answer("锦屏成立了什么联盟")
+    assert not answer.abstained
+    assert "基层站所+商会企业" in answer.answer
+    short = answer.answer.rsplit(" [", 1)[0]
+    assert len(short) < len(answer.answer_sentence), "a short answer, not the sentence"
+    assert short in answer.answer_sentence
+    first = answer.citations[0]
+    assert first.source.startswith("000_")
+    assert _highlighted(answer.answer, first.text, first.highlight).strip() == answer.answer_sentence
+
+
+def test_question_without_a_typed_span_is_answered_by_its_sentence(answerer: Answerer) -> None:
+    """怎样/什么方式 questions have no span type: the supporting sentence is the answer."""
+    answer = answerer.answer("锦屏街道打算通过什么方式解决企业成长中的困难")
+    assert not answer.abstained
+    assert answer.answer.rsplit(" [", 1)[0] == answer.answer_sentence
+    assert "定期协商机制" in answer.answer
+
+
+def test_question_the_articles_do_not_cover_abstains_with_nearest_passages(answerer: Answerer) -> None:
+    answer = answerer.answer("火星探测器什么时候发射")
+    assert answer.abstained
+    assert answer.answer == NOT_FOUND and answer.answer_sentence == ""
+    assert answer.citations, "the nearest passages are still shown for the reader to judge"
