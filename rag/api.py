@@ -73,16 +73,16 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-# Swagger UI / ReDoc pages load their bundle from a CDN with an inline bootstrap script;
-# only those two pages get a policy that allows it.
+# Swagger UI is served from this process (the bundle fastapi-offline ships:
+# intranets have no CDN); their pages bootstrap with an inline script, so only those get
+# 'unsafe-inline', and nothing outside 'self'.
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
-    "https://cdn.redoc.ly; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+DOCS_STATIC = "/docs-static"
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect"})
 SECURITY_HEADERS = (
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -688,6 +688,34 @@ def _static_version() -> str:
     return h.hexdigest()[:10]
 
 
+def _add_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) with its JavaScript served by this app, not a CDN.
+
+    No ``/redoc``: ReDoc always fetches its logo from its vendor's CDN.
+    """
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_STATIC, StaticFiles(directory=assets), name="docs-static")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} - API",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
     """The FastAPI app for ``settings``; ``embedder`` reuses an already loaded model."""
 
@@ -701,6 +729,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         summary="Offline Chinese news search and question answering with citations.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below, from local files
+        redoc_url=None,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_exception_handler(RequestValidationError, _validation_handler)
@@ -708,6 +738,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _server_error_handler)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    _add_offline_docs(app)
     templates = Jinja2Templates(directory=WEB_DIR / "templates")
     static_version = _static_version()
 

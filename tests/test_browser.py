@@ -307,3 +307,19 @@ def test_phone_layout(browser: Browser, live_server: str) -> None:
         w.check_clean()
     finally:
         page.context.close()
+
+
+def test_api_docs_render_offline(browser: Browser, live_server: str) -> None:
+    """Swagger UI works on an intranet: every asset comes from this server."""
+    ctx = browser.new_context(base_url=live_server, locale="zh-CN")
+    ctx.set_default_timeout(TIMEOUT)
+    ctx.add_init_script(WATCH)
+    w = Watched(ctx.new_page(), live_server)
+    try:
+        w.page.goto("/docs")
+        expect(w.page.locator(".opblock-summary-path[data-path='/ask']")).to_be_visible()
+        w.page.screenshot(path=SHOTS / "api_docs.png")
+        w.check_clean()
+        assert httpx.get(f"{live_server}/redoc", timeout=30).status_code == 404
+    finally:
+        ctx.close()
