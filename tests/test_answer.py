@@ -47,3 +47,15 @@ def test_question_the_articles_do_not_cover_abstains_with_nearest_passages(answe
     assert answer.abstained
     assert answer.answer == NOT_FOUND and answer.answer_sentence == ""
     assert answer.citations, "the nearest passages are still shown for the reader to judge"
+
+
+def test_follow_up_without_a_pronoun_retrieves_with_the_previous_question(answerer: Answerer) -> None:
+    """``到目前为止一共办了几场`` names nothing: the previous question says what was held."""
+    from rag.answer import Turn
+
+    history = [Turn("user", "海宁市首期“亲清下午茶”交流活动在哪里举行？"), Turn("assistant", "求是书院。")]
+    evidence = "共主办3场茶话会活动"
+    alone = answerer.answer("到目前为止一共办了几场？")
+    followed = answerer.answer("到目前为止一共办了几场？", history=history)
+    assert not any(evidence in c.text for c in alone.citations), "the question alone finds other passages"
+    assert any(evidence in c.text for c in followed.citations)
