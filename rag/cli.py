@@ -90,10 +90,10 @@ def build(docs: DocsOpt = None, index: IndexOpt = None) -> None:
 
     settings = make_settings(docs, index)
     stats = build_index(settings, load_embedder(settings), show_progress=sys.stderr.isatty())
+    speed = f", {stats.tokens_per_second:.0f} tokens/s" if stats.embedded else ", nothing to embed"
     typer.echo(
         f"{stats.documents} documents, {stats.articles} articles, {stats.chunks} chunks "
-        f"({stats.embedded} embedded, {stats.reused} reused) in {stats.seconds:.1f} s, "
-        f"{stats.tokens_per_second:.0f} tokens/s"
+        f"({stats.embedded} embedded, {stats.reused} reused) in {stats.seconds:.1f} s{speed}"
     )
 
 

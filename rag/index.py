@@ -43,6 +43,9 @@ from rag.settings import Settings
 from rag.textnorm import fold, search_tokens
 
 log = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG on import, which printed "Building index from tokens"
+# on every `rag build`/`rag search`; its warnings still show.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 FORMAT_VERSION = 1
 _LIBRARIES = ("sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s", "jieba", "opencc")

@@ -191,3 +191,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> 
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cli_rebuild_of_unchanged_docs_reports_the_counts_and_no_debug_noise(
+    seed_settings: Settings, tmp_path: Path
+) -> None:
+    index_dir = tmp_path / "index"
+    shutil.copytree(seed_settings.index_dir, index_dir)
+    env = {"RAG_CACHE_DIR": str(seed_settings.cache_dir)}
+    result = _rag("build", "--docs", str(ROOT / "seeds"), "--index", str(index_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("5 documents,") and "(0 embedded, " in summary
+    assert summary.endswith("nothing to embed"), summary
+    assert "DEBUG" not in result.stderr + result.stdout, "bm25s' debug log leaks to the terminal"
