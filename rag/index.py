@@ -288,6 +288,7 @@ def _write_build(
     index_dir = settings.index_dir
     builds = index_dir / "builds"
     builds.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temps(index_dir)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     tmp = builds / f".tmp-{stamp}-{os.getpid()}"
     tmp.mkdir()
@@ -329,3 +330,29 @@ def _remove_old_builds(builds: Path, keep: str) -> None:
     for name in names[:-2]:
         if name != keep:
             shutil.rmtree(builds / name, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_abandoned_temps(index_dir: Path) -> None:
+    """Delete what a killed build left: ``builds/.tmp-<stamp>-<pid>`` and ``.CURRENT.<pid>``.
+
+    Only when that pid is gone, so a build running beside this one keeps its folder.
+    """
+    leftovers = [*(index_dir / "builds").glob(".tmp-*"), *index_dir.glob(".CURRENT.*")]
+    for path in leftovers:
+        pid = path.name.rsplit("-" if path.name.startswith(".tmp-") else ".", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s, left by an interrupted build", path)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

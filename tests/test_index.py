@@ -166,6 +166,16 @@ def test_a_killed_build_leaves_the_previous_index_loadable(
     index = load_index(s, embedder)  # the previous build, or the new one if it had finished: never half
     assert index.faiss_index.ntotal == len(index.chunks) == index.vectors.shape[0]
 
+    # The next build clears what the killed one left (planted too, in case it had finished),
+    # and leaves alone the folder of a build still running (this process).
+    (builds / f".tmp-19700101T000000000000Z-{proc.pid}").mkdir(exist_ok=True)
+    (index_dir / f".CURRENT.{proc.pid}").write_text("x")
+    running = builds / f".tmp-19700101T000000000000Z-{os.getpid()}"
+    running.mkdir()
+    build_index(s.model_copy(update={"docs_dir": docs}), embedder)
+    assert [p for p in builds.iterdir() if p.name.startswith(".tmp-")] == [running]
+    assert not list(index_dir.glob(".CURRENT.*"))
+
 
 def test_cli_search_json(seed_settings: Settings) -> None:
     env = {"RAG_CACHE_DIR": str(seed_settings.cache_dir)}
