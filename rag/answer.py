@@ -19,7 +19,7 @@ import numpy as np
 from rag.extract import analyse, best_span, coverage, idf_table, type_fit
 from rag.llm import LLMClient, LLMError, embedding_similarity, llm_answer, rewrite_question
 from rag.models import Answer, Citation, Hit
-from rag.retrieval import Retriever, check_question
+from rag.retrieval import MAX_QUESTION_CHARS, Retriever, check_question
 from rag.settings import Settings
 from rag.textnorm import search_tokens
 
@@ -30,6 +30,7 @@ NOT_FOUND = "资料中没有找到答案"
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]*[”’」』)]*")
 _BYLINE_QUESTION = re.compile(r"作者|通讯员|记者|署名|谁(?:写|拍|摄)|(?:拍|摄)的|拍摄|摄影")
 _BYLINE_ROLE = re.compile(r"本报|通讯员|记者|摄影|摄")
+MAX_BORROWED_TERMS = 24  # a question has far fewer key terms; a pasted text has thousands
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,17 @@ def retrieval_query(question: str, history: list[Turn] | None) -> str:
     previous = next((t.content for t in reversed(history) if t.role == "user"), "")
     if not previous:
         return question
-    return f"{question} {' '.join(search_tokens(previous))}"
+    # Distinct terms, as many as fit: a pasted article as the previous turn must not push the
+    # query past the question limit (schemathesis sent a 20,000-character turn).
+    room = MAX_QUESTION_CHARS - len(question)
+    borrowed: list[str] = []
+    for term in dict.fromkeys(search_tokens(previous)):
+        if len(borrowed) == MAX_BORROWED_TERMS:
+            break
+        if len(term) + 1 <= room:
+            borrowed.append(term)
+            room -= len(term) + 1
+    return " ".join([question, *borrowed])
 
 
 class Answerer:

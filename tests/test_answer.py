@@ -59,3 +59,20 @@ def test_follow_up_without_a_pronoun_retrieves_with_the_previous_question(answer
     followed = answerer.answer("到目前为止一共办了几场？", history=history)
     assert not any(evidence in c.text for c in alone.citations), "the question alone finds other passages"
     assert any(evidence in c.text for c in followed.citations)
+
+
+def test_follow_up_query_stays_within_the_question_limit() -> None:
+    """A pasted article as the previous turn borrows a bounded number of terms."""
+    from rag.answer import MAX_BORROWED_TERMS, Turn, retrieval_query
+    from rag.retrieval import MAX_QUESTION_CHARS, check_question
+    from rag.textnorm import search_tokens
+
+    question = "那它的会长是谁？"
+    huge = [Turn("user", "0" * 20_000 + "大桥商会" + "锦屏街道企业服务联盟成立大会" * 500)]
+    query = retrieval_query(question, huge)
+    assert check_question(query) == query and len(query) <= MAX_QUESTION_CHARS
+    assert query.startswith(question) and {"大桥", "商会"} <= set(query.split())
+    assert len(query.split()) <= 1 + MAX_BORROWED_TERMS
+    previous = "大桥商会是和谁一起协商的？"
+    normal = retrieval_query(question, [Turn("user", previous)])
+    assert normal.split() == [question, *dict.fromkeys(search_tokens(previous))]
