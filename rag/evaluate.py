@@ -1746,7 +1746,8 @@ def gate_run_config(thresholds: dict[str, Any]) -> tuple[dict[str, int], set[str
 
 
 def collect_sets(cmd: EvalCommand, gate_limits: dict[str, int] | None = None) -> list[EvalSet]:
-    """Load the requested sets; external files that are absent are skipped with a warning.
+    """Load the requested sets; external files that are absent are skipped with a warning
+    (a ``RagError`` for ``--gate`` under ``CI=true``).
 
     No ``--set``/``--squad``: the seed set, plus the standard external sets with ``--bench``
     or ``--gate`` (the CI run).
@@ -1766,6 +1767,13 @@ def collect_sets(cmd: EvalCommand, gate_limits: dict[str, int] | None = None) ->
     out = [load_jsonl_set(p, limit_for(set_name(p))) for p in jsonl]
     for path in squad:
         found = resolve_squad_path(path, bench_dir)
+        if found is None and cmd.gate and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            # On a laptop the gate can run on the seeds alone; in CI a missing benchmark would
+            # let the CMRC and DRCD thresholds pass unmeasured.
+            raise RagError(
+                f"external set {path} not found under {bench_dir}; CI must measure it: "
+                f"put the benchmarks there or set --bench-dir / ${BENCH_DIR_ENV}"
+            )
         if found is None:
             log.warning(
                 "external set %s not found under %s (set --bench-dir or $%s): skipped",

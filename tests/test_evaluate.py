@@ -463,3 +463,18 @@ def test_cli_gate_exit_codes(
     assert result.exit_code == 1
     fails = [line for line in result.output.splitlines() if line.startswith("gate: FAIL ")]
     assert fails == [f"gate: FAIL seed.bm25 recall@10 = {recall:.4f} < minimum 1.01"]
+
+
+def test_gate_in_ci_refuses_to_skip_a_missing_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locally the external sets are optional; in CI their thresholds must not pass unmeasured."""
+    from rag.evaluate import EvalCommand, collect_sets
+
+    cmd = EvalCommand(gate=True, bench_dir=tmp_path / "no-bench")
+    monkeypatch.delenv("CI", raising=False)
+    assert [s.name for s in collect_sets(cmd)] == ["seed"]
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(RagError, match=r"cmrc2018.*not found.*CI must measure it"):
+        collect_sets(cmd)
+    assert [s.name for s in collect_sets(EvalCommand(bench_dir=tmp_path / "no-bench"))] == ["seed"]
