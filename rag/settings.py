@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
 
     # Chunking (characters)
+    # Characters. Swept with `rag eval` (seed + CMRC trial, hybrid) over 200/40 to 500/100:
+    # answer accuracy and F1 moved by under 0.01 on both sets, paragraph-level CMRC R@1 stayed
+    # 0.967-0.980; nothing beat 300/60 clearly, so it stays (table in the commit that added this).
     chunk_size: int = 300
     chunk_overlap: int = 60
 
