@@ -110,7 +110,8 @@ def _typed_spans(kind: str, text: str) -> list[tuple[int, int]]:
 
 
 _PLACE = re.compile(
-    r"[\u4e00-\u9fff·]{2,14}?(?:省|市|县|区|镇|乡|村|街道|社区|小区|园区|广场|公寓|大楼|新村|书院|校区|老街|街区|产业园|基地)"
+    r"[\u4e00-\u9fff·]{2,14}?(?:省|市|县|区|镇|乡|村|街道|社区|小区|园区|广场|公寓小区|公寓|大楼|新村|书院|校区|老街|街区|"
+    r"产业园区|产业园|基地)"
 )
 _ORG = re.compile(
     r"[\u4e00-\u9fff“”·+]{2,20}?(?:公司|协会|商会|集团|中心|局|委员会|工委|党委|党支部|支部|团|队|联盟|研究会|"
@@ -137,8 +138,8 @@ def _enumerations(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _ENUMERATION.finditer(text)]
 
 
-def _trim_list(span: tuple[int, int], text: str, left: list[str], right: list[str]) -> tuple[int, int]:
-    """Cut a list span to the items: after the question's own words before it, before those after it."""
+def _trim_span(span: tuple[int, int], text: str, left: list[str], right: list[str]) -> tuple[int, int]:
+    """Cut a span to the answer: after the question's own words at its start, before those after it."""
     start, end = span
     for term in left:
         pos = text.find(term, start, end)
@@ -157,13 +158,32 @@ def candidate_spans(kind: str, text: str) -> list[tuple[int, int]]:
     if kind == "list":
         spans += _enumerations(text)
     if kind == "place":
-        spans += [m.span() for m in _PLACE.finditer(text)] + _pos_spans(text, ("ns",))
+        places = [m.span() for m in _PLACE.finditer(text)] + _pos_spans(text, ("ns",))
+        spans += places + _chains(places)
     elif kind == "organization":
         spans += [m.span() for m in _ORG.finditer(text)] + _pos_spans(text, ("nt",))
         spans += [m.span() for m in _QUOTED.finditer(text)]
     elif kind == "name":
         spans += [m.span() for m in _QUOTED.finditer(text)]
     return spans
+
+
+def _chains(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of adjacent names joined, as addresses are written: 海盐县 + 武原街道 -> 海盐县武原街道.
+
+    `rag eval`: seed accuracy 0.673 -> 0.685, CMRC trial unchanged (0.487 -> 0.488).
+    """
+    starts: dict[int, int] = {}
+    for start, end in spans:
+        starts[start] = max(end, starts.get(start, end))
+    out = []
+    for start, end in sorted(starts.items()):
+        joined = end
+        while joined in starts:
+            joined = starts[joined]
+        if joined != end:
+            out.append((start, joined))
+    return out
 
 
 def _pos_spans(text: str, flags: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -209,7 +229,14 @@ def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) 
     best: tuple[str, float] | None = None
     for span in spans:
         if analysis.kind == "list":
-            span = _trim_list(span, text, left_terms, right_terms)
+            span = _trim_span(span, text, left_terms, right_terms)
+            if span[1] - span[0] < 2:
+                continue
+        elif analysis.kind in ("place", "organization"):
+            # The name patterns start as far left as they can (恒锋工具位于海盐县): the
+            # answer starts after the question's own words. `rag eval`: seed accuracy
+            # 0.685 -> 0.689, EM 0.502 -> 0.518; CMRC trial accuracy 0.488 -> 0.493.
+            span = _trim_span(span, text, left_terms, [])
             if span[1] - span[0] < 2:
                 continue
         answer = _balance_quotes(sentence[span[0] : span[1]].strip(_TRIM.replace("“", "").replace("”", "")))

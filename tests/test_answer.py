@@ -76,3 +76,14 @@ def test_follow_up_query_stays_within_the_question_limit() -> None:
     previous = "大桥商会是和谁一起协商的？"
     normal = retrieval_query(question, [Turn("user", previous)])
     assert normal.split() == [question, *dict.fromkeys(search_tokens(previous))]
+
+
+def test_place_answer_keeps_the_whole_address(answerer: Answerer) -> None:
+    """Adjacent place names are one answer: 海盐县 + 武原街道, not 武原街道 alone."""
+    from rag.extract import candidate_spans
+
+    text = "恒锋工具位于海盐县武原街道，是一家上市公司。"
+    spans = {text[a:b] for a, b in candidate_spans("place", text)}
+    assert {"海盐县", "武原街道", "海盐县武原街道"} <= spans
+    answer = answerer.answer("恒锋工具位于哪里")
+    assert answer.answer.startswith("海盐县武原街道"), answer.answer
