@@ -62,6 +62,8 @@ class QuestionAnalysis:
     left: str
     right: str
     terms: list[str]
+    unit: str = ""
+    """The measure word a number question asks in (多少名 -> 名, 几条 -> 条), if it names one."""
 
 
 def analyse(question: str) -> QuestionAnalysis:
@@ -72,8 +74,22 @@ def analyse(question: str) -> QuestionAnalysis:
     for pattern, kind in _WH_TYPES:
         match = re.search(pattern, q)
         if match:
-            return QuestionAnalysis(kind, q[: match.start()], q[match.end() :], search_tokens(question))
+            left, right = q[: match.start()], q[match.end() :]
+            unit = _asked_unit(match.group(), right) if kind == "number" else ""
+            return QuestionAnalysis(kind, left, right, search_tokens(question), unit)
     return QuestionAnalysis("other", q, "", search_tokens(question))
+
+
+# Measure words a question names after 多少/几; money is asked as 多少钱 and answered in 元.
+_MEASURE = re.compile(
+    r"个|名|家|次|项|人|位|件|条|场|户|支|所|座|批|本|份|年|天|岁|套|幅|辆|台|处|期|届|种|类|元|钱"
+)
+
+
+def _asked_unit(wh: str, right: str) -> str:
+    after = wh[1:] if wh.startswith("几") and len(wh) > 1 else right[:1]
+    unit = after if _MEASURE.fullmatch(after or "-") else ""
+    return "元" if unit == "钱" else unit
 
 
 def _find_all(text: str, token: str) -> list[int]:
@@ -127,6 +143,9 @@ _TITLED_PERSON = re.compile(
 _WINDOW = 16
 ADJACENT_BONUS = 0.3
 HEAD_BONUS = 0.3
+# A number in the measure word the question asks for. `rag eval` (seed accuracy / F1, CMRC trial
+# accuracy): 0 -> .689/.659, .493; 0.3 -> .713/.683, .492; 0.6 -> .721/.696, .492; 1.0 the same.
+UNIT_BONUS = 0.6
 
 
 _ITEM = r"[^，,。；;：:、\s()（）]"
@@ -249,6 +268,8 @@ def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) 
             score += ADJACENT_BONUS  # the slot sits right next to the question's own words
         if head and fold(answer).endswith(head) and analysis.kind in ("name", "organization", "place"):
             score += HEAD_BONUS  # 哪家律师事务所 -> 满江红律师事务所
+        if analysis.unit and analysis.unit in answer[-3:]:
+            score += UNIT_BONUS  # 多少名专属网格员 -> 452名, not 6380个
         if best is None or score > best[1]:
             best = (answer, score)
     return best

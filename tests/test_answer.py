@@ -87,3 +87,16 @@ def test_place_answer_keeps_the_whole_address(answerer: Answerer) -> None:
     assert {"海盐县", "武原街道", "海盐县武原街道"} <= spans
     answer = answerer.answer("恒锋工具位于哪里")
     assert answer.answer.startswith("海盐县武原街道"), answer.answer
+
+
+def test_number_answer_is_in_the_measure_word_asked_for(answerer: Answerer) -> None:
+    """多少名 wants 名: the sentence also counts 网格1870个 and 微网格6380个."""
+    from rag.extract import analyse
+
+    assert analyse("临海市新增了多少名专属网格员").unit == "名"
+    assert analyse("每餐收费多少钱").unit == "元"
+    assert analyse("胡斌律师从几个方面讲解").unit == "个"
+    assert analyse("天凝镇雪菜的年产量有多少").unit == ""
+    answer = answerer.answer("临海市新增了多少名专属网格员")
+    assert answer.answer.startswith("452名"), answer.answer
+    assert "6380个" in answer.answer_sentence
