@@ -245,6 +245,10 @@ def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) 
     left_terms = [t for t in search_tokens(analysis.left) if len(t) > 1]
     right_terms = [t for t in search_tokens(analysis.right) if len(t) > 1]
     head = right_terms[0] if right_terms and analysis.right.lstrip("的").startswith(right_terms[0]) else None
+    if head is None and not right_terms and left_terms:
+        # 恒锋工具的党建品牌叫什么: the thing named is the last word before the question word.
+        # `rag eval`: seed accuracy 0.721 -> 0.733, F1 0.696 -> 0.706; CMRC trial unchanged.
+        head = left_terms[-1]
     best: tuple[str, float] | None = None
     for span in spans:
         if analysis.kind == "list":

@@ -100,3 +100,9 @@ def test_number_answer_is_in_the_measure_word_asked_for(answerer: Answerer) -> N
     answer = answerer.answer("临海市新增了多少名专属网格员")
     assert answer.answer.startswith("452名"), answer.answer
     assert "6380个" in answer.answer_sentence
+
+
+def test_name_question_ending_in_its_question_word_wants_that_kind_of_name(answerer: Answerer) -> None:
+    """恒锋工具的党建品牌叫什么: a quoted name ending in 品牌, not another quoted term nearby."""
+    answer = answerer.answer("恒锋工具的党建品牌叫什么")
+    assert "锋领" in answer.answer and "揭榜挂帅" not in answer.answer, answer.answer
