@@ -106,3 +106,10 @@ def test_name_question_ending_in_its_question_word_wants_that_kind_of_name(answe
     """恒锋工具的党建品牌叫什么: a quoted name ending in 品牌, not another quoted term nearby."""
     answer = answerer.answer("恒锋工具的党建品牌叫什么")
     assert "锋领" in answer.answer and "揭榜挂帅" not in answer.answer, answer.answer
+
+
+def test_numbers_keep_their_approximation_and_unit() -> None:
+    from rag.extract import NUMBER
+
+    text = "夜市有近300个摊位，提供2000余个岗位，年产量约5万吨，占地1万平方米。"
+    assert [m.group() for m in NUMBER.finditer(text)] == ["近300个", "2000余个", "约5万吨", "1万平方米"]
