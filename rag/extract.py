@@ -83,15 +83,14 @@ def analyse(question: str) -> QuestionAnalysis:
 
 
 # Measure words a question names after 多少/几; money is asked as 多少钱 and answered in 元.
-_MEASURE = re.compile(
-    r"个|名|家|次|项|人|位|件|条|场|户|支|所|座|批|本|份|年|天|岁|套|幅|辆|台|处|期|届|种|类|元|钱"
-)
+_MEASURE = "个名家次项人位件条场户支所座批本份年天岁套幅辆台处期届种类元钱"
 
 
 def _asked_unit(wh: str, right: str) -> str:
     after = wh[1:] if wh.startswith("几") and len(wh) > 1 else right[:1]
-    unit = after if _MEASURE.fullmatch(after or "-") else ""
-    return "元" if unit == "钱" else unit
+    if len(after) != 1 or after not in _MEASURE:
+        return ""
+    return "元" if after == "钱" else after
 
 
 def _find_all(text: str, token: str) -> list[int]:
@@ -274,6 +273,7 @@ def best_span(analysis: QuestionAnalysis, sentence: str, idf: dict[str, float]) 
             score += ADJACENT_BONUS  # the slot sits right next to the question's own words
         if head and fold(answer).endswith(head) and analysis.kind in ("name", "organization", "place"):
             score += HEAD_BONUS  # 哪家律师事务所 -> 满江红律师事务所
+        # The last few characters: 1500元/亩 is in 元, 300多名 in 名.
         if analysis.unit and analysis.unit in answer[-3:]:
             score += UNIT_BONUS  # 多少名专属网格员 -> 452名, not 6380个
         if best is None or score > best[1]:
