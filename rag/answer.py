@@ -1,8 +1,9 @@
-"""Answer a question from the retrieved passages, with citations that point at the supporting sentence.
+"""Answer a question from the retrieved passages, with citations that point at the answer.
 
-The default path is extractive and offline: retrieve, pick the sentence that best
-covers the question (``rag.extract``), cut the short answer out of it, or abstain
-when nothing covers the question well enough. When an OpenAI-compatible LLM is
+The default path is extractive and offline: retrieve, let the trained reader
+(``rag.reader``) find the answer span in the top passages, or abstain when its
+"no answer" score wins. Bylines (who wrote or photographed an article) are article
+metadata, not passage text, and are answered from it. When an OpenAI-compatible LLM is
 configured, it answers from the same numbered passages and its citations are verified.
 """
 
@@ -12,16 +13,14 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import numpy as np
-
-from rag.extract import analyse, best_span, coverage, idf_table, type_fit
 from rag.llm import LLMClient, LLMError, embedding_similarity, llm_answer, rewrite_question
 from rag.models import Answer, Citation, Hit
+from rag.reader import Reader, load_settings_reader
 from rag.retrieval import MAX_QUESTION_CHARS, Retriever, check_question
 from rag.settings import Settings
-from rag.textnorm import search_tokens
+from rag.textnorm import fold, search_tokens
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,14 @@ class Turn:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """A sentence of a retrieved passage, scored as the answer's support."""
+class Passage:
+    """A window of an article the reader reads: the ``hit_index``-th hit's chunk, maybe widened."""
 
     hit_index: int
-    span: tuple[int, int]
     text: str
-    score: float
-    coverage: float
+    start: int
+    end: int
+    """Offsets of ``text`` in its article."""
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -88,27 +87,11 @@ def retrieval_query(question: str, history: list[Turn] | None) -> str:
 class Answerer:
     """Turns a question into an ``Answer``: retrieval, then the extractive (or LLM) answer."""
 
-    # Sentence score = coverage + RANK_WEIGHT / rank + FIT_WEIGHT * type fit; tuned by `rag eval`.
-    RANK_WEIGHT = 0.15
-    FIT_WEIGHT = 0.2
-    # The short answer may come from a lower sentence when a typed span fits it better, if
-    # that sentence scores within SPAN_SLACK of the best. `rag eval` (seed / CMRC trial
-    # accuracy and F1): slack 0.3 -> .645/.647 and .455/.472; 0.1 -> .669/.650 and .487/.490;
-    # 0.0 -> .653/.633 and .496/.493. Span weight 0.5 and 2.0 moved both by < 0.01 each way.
-    SPAN_SENTENCES = 8
-    SPAN_WEIGHT = 1.0
-    SPAN_SLACK = 0.1
-
-    def __init__(self, retriever: Retriever, settings: Settings) -> None:
+    def __init__(self, retriever: Retriever, settings: Settings, reader: Reader | None = None) -> None:
         self.retriever = retriever
         self.settings = settings
+        self.reader = reader if reader is not None else load_settings_reader(settings)
         self.llm = LLMClient(settings) if LLMClient.configured(settings) else None
-        bm25 = retriever.index.bm25
-        doc_freq = np.diff(np.asarray(bm25.scores["indptr"]))
-        self.idf = idf_table(
-            {tok: int(doc_freq[i]) for tok, i in bm25.vocab_dict.items() if i < len(doc_freq)},
-            int(bm25.scores["num_docs"]),
-        )
 
     def answer(
         self,
@@ -190,77 +173,83 @@ class Answerer:
         yield from re.findall(r".{1,8}", answer.answer, flags=re.S)
         yield answer
 
-    def candidates(self, question: str, hits: list[Hit]) -> list[Candidate]:
-        """Every sentence of the retrieved passages, best support first."""
-        analysis = analyse(question)
-        out = []
-        for i, hit in enumerate(hits):
-            text = hit.chunk.text
-            for start, end in sentences(text):
-                sentence = text[start:end]
-                cov = coverage(analysis.terms, f"{hit.chunk.title} {sentence}", self.idf)
-                score = cov + self.RANK_WEIGHT / (i + 1) + self.FIT_WEIGHT * type_fit(analysis, sentence)
-                out.append(Candidate(i, (start, end), sentence, score, cov))
-        return sorted(out, key=lambda c: -c.score)
-
     def extractive(self, question: str, hits: list[Hit]) -> Answer:
-        """The extractive answer: best-supported sentence, the short answer in it, or abstention.
+        """The offline answer: a byline for who-wrote questions, else the reader's span."""
+        return self._byline_answer(question, hits) or self.read(question, hits)
 
-        Sentences are scored by ``question`` alone, even for a follow-up: the previous
-        question's terms found the passages, and here they would pull the choice back to the
-        previous answer (follow-up accuracy 0.667 with them, 0.750 without).
+    def passages(self, hits: list[Hit]) -> list[Passage]:
+        """What the reader reads for each hit: its chunk, widened by ``reader_context``
+        characters of its article on each side (the answer may sit just past a chunk edge,
+        and the sentence before often names what ``该街道`` refers to)."""
+        context = self.settings.reader_context
+        articles = self.retriever.index.articles
+        out = []
+        for i, hit in enumerate(hits[: self.settings.reader_passages]):
+            chunk = hit.chunk
+            article = articles.get(chunk.article_id)
+            if context <= 0 or article is None:
+                out.append(Passage(i, chunk.text, chunk.start, chunk.end))
+                continue
+            start, end = max(0, chunk.start - context), min(len(article.text), chunk.end + context)
+            out.append(Passage(i, article.text[start:end], start, end))
+        return out
+
+    def read(self, question: str, hits: list[Hit]) -> Answer:
+        """The reader's answer: the best span over the top passages, or "not found".
+
+        Each passage's best span is scored by its margin over the reader's no-answer score,
+        plus ``reader_rank_weight / rank`` for the retrieval rank; the answer abstains when
+        the chosen span's margin is below ``reader_margin`` (both measured with `rag eval`).
+        The first citation is the passage the span was read in, its ``highlight`` the span.
         """
-        ranked = self.candidates(question, hits)
-        if not ranked or ranked[0].coverage < self.settings.abstain_threshold:
-            citations = self._citations(hits, ranked, first=None)
-            return Answer(question, NOT_FOUND, "", True, "extractive", citations)
-        byline = self._byline_answer(question, hits)
-        if byline is not None:
-            return byline
-        best, short = self.pick(question, ranked)
-        citations = self._citations(hits, ranked, first=best.hit_index)
-        return Answer(question, f"{short} [1]", best.text.strip(), False, "extractive", citations)
+        passages = self.passages(hits)
+        readings = self.reader.read(question, [p.text for p in passages]) if passages else []
+        weight = self.settings.reader_rank_weight
+        best = max(readings, key=lambda r: r.margin + weight / (r.passage + 1), default=None)
+        if best is None or best.margin < self.settings.reader_margin:
+            # The nearest passages are still shown, with nothing highlighted: nothing answers.
+            return Answer(question, NOT_FOUND, "", True, "extractive", self._citations(hits, first=None))
+        passage = passages[best.passage]
+        span = passage.text[best.start : best.end].strip()
+        citations = self._citations(hits, first=best.passage)
+        citations[0] = replace(
+            citations[0],
+            text=passage.text,
+            start=passage.start,
+            end=passage.end,
+            highlight=(best.start, best.end),
+        )
+        sentence = sentence_around(passage.text, best.start, best.end)
+        return Answer(question, f"{span} [1]", sentence, False, "extractive", citations)
 
     def _byline_answer(self, question: str, hits: list[Hit]) -> Answer | None:
-        """Who wrote or photographed it: bylines are article metadata, not passage text."""
+        """Who wrote or photographed it: bylines are article metadata, not passage text.
+
+        Only for an article the question is about (half of its other terms in the article):
+        ``《红楼梦》的作者是谁`` asks for an author, but not of anything in the corpus.
+        """
         if not _BYLINE_QUESTION.search(question):
             return None
+        terms = [t for t in search_tokens(_BYLINE_QUESTION.sub(" ", question)) if len(t) > 1]
         articles = self.retriever.index.articles
         for i, hit in enumerate(hits):
             article = articles.get(hit.chunk.article_id)
-            if article is not None and article.byline:
-                names = _BYLINE_ROLE.sub("", article.byline).strip()
-                citations = self._citations(hits, [], first=i)
-                sentence = f"{article.title}（{article.byline}）"
-                return Answer(question, f"{names} [1]", sentence, False, "extractive", citations)
+            if article is None or not article.byline:
+                continue
+            body = fold(f"{article.title} {article.text}")
+            if terms and sum(t in body for t in terms) < len(terms) / 2:
+                continue
+            names = _BYLINE_ROLE.sub("", article.byline).strip()
+            sentence = f"{article.title}（{article.byline}）"
+            return Answer(question, f"{names} [1]", sentence, False, "extractive", self._citations(hits, i))
         return None
 
-    def pick(self, question: str, ranked: list[Candidate]) -> tuple[Candidate, str]:
-        """The supporting sentence and short answer: sentence support plus how well a typed span fits."""
-        analysis = analyse(question)
-        choice: tuple[float, Candidate, str] | None = None
-        for cand in ranked[: self.SPAN_SENTENCES]:
-            found = best_span(analysis, cand.text, self.idf)
-            if found is not None:
-                score = cand.score + self.SPAN_WEIGHT * found[1]
-                if choice is None or score > choice[0]:
-                    choice = (score, cand, found[0])
-        if choice is not None and choice[1].score >= ranked[0].score - self.SPAN_SLACK:
-            return choice[1], choice[2]
-        # No span of the asked type sits in a well-supported sentence: the sentence itself is
-        # the answer. Cutting a guessed slot out of it (what this did before) was right for
-        # 0.163 of CMRC questions; the whole sentence for 0.487, and on the seeds 0.669 vs 0.610.
-        return ranked[0], ranked[0].text.strip()
-
-    def _citations(self, hits: list[Hit], ranked: list[Candidate], first: int | None) -> list[Citation]:
-        """Citations numbered from 1, the supporting passage first, each with its best sentence."""
+    def _citations(self, hits: list[Hit], first: int | None) -> list[Citation]:
+        """Citations numbered from 1 in retrieval order, the passage holding the answer first."""
         order = list(range(len(hits)))
         if first is not None:
             order.remove(first)
             order.insert(0, first)
-        best_span: dict[int, tuple[int, int]] = {}
-        for cand in ranked:
-            best_span.setdefault(cand.hit_index, cand.span)
         return [
             Citation(
                 id=n,
@@ -271,7 +260,14 @@ class Answerer:
                 score=hits[i].score,
                 start=hits[i].chunk.start,
                 end=hits[i].chunk.end,
-                highlight=best_span.get(i),
             )
             for n, i in enumerate(order, start=1)
         ]
+
+
+def sentence_around(text: str, start: int, end: int) -> str:
+    """The sentence(s) of ``text`` that hold ``text[start:end]``."""
+    spans = sentences(text) or [(0, len(text))]
+    lo = next((a for a, b in spans if a <= start < b), spans[0][0])
+    hi = next((b for a, b in spans if a < end <= b), spans[-1][1])
+    return text[lo : max(lo, hi)].strip()

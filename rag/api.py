@@ -47,6 +47,7 @@ from rag.errors import IngestError, QuestionError, RagError
 from rag.index import SearchIndex, build_index, load_index
 from rag.ingest import DOC_SUFFIXES, list_documents, read_document
 from rag.models import Answer, Article, Citation, Hit
+from rag.reader import Reader, load_settings_reader
 from rag.retrieval import MAX_QUESTION_CHARS, Retriever
 from rag.settings import RetrievalMode, Settings
 
@@ -134,7 +135,10 @@ class AskRequest(BaseModel):
     )
     mode: Literal["auto", "extractive", "llm"] = Field(
         "auto",
-        description="extractive: quote the best sentence; llm: ask the configured LLM; auto: llm if set.",
+        description=(
+            "extractive: the span the trained reader finds in the passages; "
+            "llm: ask the configured LLM; auto: llm if set."
+        ),
     )
 
     _check_question = field_validator("question")(_nonblank)
@@ -315,35 +319,35 @@ class Engine:
 
 
 class Service:
-    """What the app holds for its lifetime: settings, the embedder and the live engine."""
+    """What the app holds for its lifetime: settings, the models and the live engine."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, engine: Engine) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder, engine: Engine, reader: Reader) -> None:
         self.settings = settings
         self.embedder = embedder
+        self.reader = reader
         self.engine = engine
         self._write_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: Settings, embedder: Embedder | None = None) -> Service:
-        """Load the model (unless given) and the live index."""
+        """Load the models (the embedder unless given, the reader) and the live index."""
         if embedder is None:
             from rag.embedding import load_embedder
 
             embedder = load_embedder(settings)
-        return cls(
-            settings,
-            embedder,
-            cls._engine(settings, embedder, load_index(settings, embedder)),
-        )
+        reader = load_settings_reader(settings)
+        engine = cls._engine(settings, embedder, load_index(settings, embedder), reader)
+        return cls(settings, embedder, engine, reader)
 
     @staticmethod
-    def _engine(settings: Settings, embedder: Embedder, index: SearchIndex) -> Engine:
+    def _engine(settings: Settings, embedder: Embedder, index: SearchIndex, reader: Reader) -> Engine:
         retriever = Retriever(index, embedder, settings)
-        return Engine(index, retriever, Answerer(retriever, settings))
+        return Engine(index, retriever, Answerer(retriever, settings, reader=reader))
 
     def _rebuild(self) -> Engine:
         build_index(self.settings, self.embedder)
-        engine = self._engine(self.settings, self.embedder, load_index(self.settings, self.embedder))
+        index = load_index(self.settings, self.embedder)
+        engine = self._engine(self.settings, self.embedder, index, self.reader)
         self.engine = engine
         return engine
 

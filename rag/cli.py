@@ -231,6 +231,111 @@ def eval_(
         raise typer.Exit(1)
 
 
+TRAIN_SETS = ("train/cmrc2018_train.json", "train/DRCD_test.json", "train/xquad.zh.json")
+
+
+@app.command("train-reader")
+@user_errors
+def train_reader(
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data", help="SQuAD-format training file (repeatable); default the three bench train sets."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder: checkpoints, snapshots, the trained weights.")
+    ] = Path("reader-run"),
+    bench_dir: Annotated[
+        Path | None,
+        typer.Option("--bench-dir", envvar="RAG_EVAL_BENCH_DIR", help="Default ../shared/bench."),
+    ] = None,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01, help="Passes over the windows.")] = 1.0,
+    max_windows: Annotated[
+        int | None, typer.Option("--max-windows", min=1, help="Stop after N windows.")
+    ] = None,
+    limit_questions: Annotated[
+        int | None, typer.Option("--limit-questions", min=1, help="First N questions of each file.")
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (after 6% warm-up).")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    max_length: Annotated[
+        int, typer.Option("--max-length", min=64, max=512, help="Tokens per window.")
+    ] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 13,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore a checkpoint in --out.")] = False,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Start from these reader weights (e.g. rag/weights/reader.safetensors)."),
+    ] = None,
+    snapshot_every: Annotated[
+        int, typer.Option("--snapshot-every", min=1, help="Windows between learning-curve snapshots.")
+    ] = 2500,
+    eval_limit: Annotated[
+        int | None,
+        typer.Option("--eval-limit", min=0, help="CMRC trial paragraphs to score at the end (0: none)."),
+    ] = None,
+) -> None:
+    """Fine-tune the span reader (resumes from a checkpoint in --out), then score it on CMRC trial."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rag.embedding import ensure_default_model
+    from rag.evaluate import resolve_bench_dir
+    from rag.reader import load_reader
+    from rag.reader_training import TrainConfig, evaluate_reader, train
+
+    bench = resolve_bench_dir(bench_dir)
+    files = data or [bench / name for name in TRAIN_SETS]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise RagError(f"training data not found: {', '.join(missing)}; pass --data or --bench-dir")
+    settings = make_settings()
+    cfg = TrainConfig(
+        data=files,
+        out_dir=out,
+        base_model_dir=ensure_default_model(settings.cache_dir),
+        seed=seed,
+        max_length=max_length,
+        epochs=epochs,
+        max_windows=max_windows,
+        limit_questions=limit_questions,
+        lr=lr,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        snapshot_every=snapshot_every,
+        init=init,
+    )
+    if fresh:
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps, loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not sys.stderr.isatty(), console=None) as bar:
+        task = bar.add_task("train", total=None, loss=0.0)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss)
+
+        weights = train(cfg, progress=progress)
+    typer.echo(f"trained weights: {weights} (manifest {weights.with_suffix('.json')})")
+    trial = bench / "cmrc2018" / "cmrc2018_trial.json"
+    if eval_limit == 0 or not trial.is_file():
+        return
+    reader = load_reader(cfg.base_model_dir, settings.cache_dir, backend="torch", weights=weights)
+    score = evaluate_reader(reader, trial, eval_limit)
+    typer.echo(
+        f"CMRC 2018 trial, gold paragraph given: F1 {score.f1:.3f}, EM {score.em:.3f} "
+        f"({score.questions} questions)"
+    )
+
+
 @app.command()
 @user_errors
 def serve(

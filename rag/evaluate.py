@@ -59,6 +59,7 @@ from rag.embedding import Embedder, load_embedder
 from rag.errors import RagError
 from rag.index import build_index, load_index
 from rag.models import Answer, Article, Chunk, Citation
+from rag.reader import Reader
 from rag.retrieval import Retriever
 from rag.settings import RetrievalMode, Settings
 from rag.textnorm import fold, nfkc, squash
@@ -805,10 +806,17 @@ def answer_metrics(scored: Sequence[ScoredAnswer]) -> dict[str, Any]:
     if stats.unanswerable:
         overall["abstention_precision"] = round(stats.precision, 4)
         overall["abstention_recall"] = round(stats.recall, 4)
+        # Near misses (an entity of the corpus, a detail it lacks) and off-topic questions
+        # are different problems: report each group's recall where the set has both.
+        groups = {s.question.type for s in scored if not s.question.answerable}
+        if len(groups) > 1:
+            for qtype in sorted(groups):
+                group = [s for s in scored if s.question.type == qtype]
+                overall[f"abstention_recall_{qtype}"] = round(_mean(float(s.abstained) for s in group), 4)
     by_type: dict[str, dict[str, float]] = {}
     for qtype in sorted({s.question.type for s in scored}):
         group = [s for s in scored if s.question.type == qtype]
-        if qtype == UNANSWERABLE:
+        if not group[0].question.answerable:
             by_type[qtype] = {
                 "abstained": round(_mean(float(s.abstained) for s in group), 4),
                 "n": len(group),
@@ -841,6 +849,27 @@ def answer_metrics(scored: Sequence[ScoredAnswer]) -> dict[str, Any]:
         },
         "latency_ms": {stage: percentiles(vals) for stage, vals in timings.items()},
     }
+
+
+def reader_on_paragraphs(reader: Reader, eval_set: EvalSet) -> dict[str, float]:
+    """F1/EM of the reader's best span with each question's gold paragraph given (SQuAD sets).
+
+    No retrieval and no abstention: this separates the reader from the retrieval in front
+    of it, which the end-to-end answer metrics measure together.
+    """
+    texts = {a.id: a.text for a in eval_set.articles or []}
+    f1s: list[float] = []
+    ems: list[float] = []
+    for q in eval_set.questions:
+        if not q.answerable or q.paragraph not in texts:
+            continue
+        context = texts[q.paragraph]
+        readings = reader.read(q.question, [context])
+        best = max(readings, key=lambda r: r.score) if readings else None
+        pred = context[best.start : best.end] if best else ""
+        f1s.append(cmrc_f1(pred, q.answers))
+        ems.append(cmrc_em(pred, q.answers))
+    return {"f1": round(_mean(f1s), 4), "em": round(_mean(ems), 4), "n": len(f1s)}
 
 
 def followup_metrics(
@@ -1071,6 +1100,11 @@ def evaluate_set(
         for s in scored:
             details[s.question.id]["answer"] = s.row()
         log.info("%s: %d questions answered", eval_set.name, len(scored))
+        if eval_set.kind == "squad" and answerer.reader is not None:
+            given = reader_on_paragraphs(answerer.reader, eval_set)
+            section["answers"]["gold_paragraph"] = given
+            metrics["answers_gold_paragraph"] = {k: v for k, v in given.items() if k != "n"}
+            log.info("%s: reader with the gold paragraph given: F1 %.3f", eval_set.name, given["f1"])
         if eval_set.followups:
             fq = eval_set.followups
             frel = {q.id: judge.relevant(q) for q in fq}
@@ -1130,7 +1164,10 @@ def run_evaluation(
             "rrf_k": settings.rrf_k,
             "dense_weight": settings.dense_weight,
             "bm25_weight": settings.bm25_weight,
-            "abstain_threshold": settings.abstain_threshold,
+            "reader_backend": settings.reader_backend,
+            "reader_passages": settings.reader_passages,
+            "reader_margin": settings.reader_margin,
+            "reader_rank_weight": settings.reader_rank_weight,
             "llm": bool(settings.llm_base_url),
         },
         "options": {

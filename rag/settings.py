@@ -65,10 +65,20 @@ class Settings(BaseSettings):
         50_000, description="Chunk count from which FAISS uses HNSW instead of exact search."
     )
 
-    # Answers
-    abstain_threshold: float = Field(
-        0.5,
-        description="Abstain when the best sentence covers less of the question's (IDF-weighted) terms.",
+    # Answers: the trained reader (rag/reader.py)
+    reader_backend: Literal["onnx", "onnx-int8", "torch", "torch-bf16"] = Field(
+        "onnx", description="How the reader runs: ONNX Runtime fp32 or int8, torch fp32 or bf16."
+    )
+    reader_passages: int = Field(5, description="How many retrieved passages the reader reads.")
+    reader_context: int = Field(
+        0, description="Characters of the article read on each side of a retrieved chunk."
+    )
+    reader_margin: float = Field(
+        0.0,
+        description="Abstain unless the best span beats the reader's no-answer score by this much.",
+    )
+    reader_rank_weight: float = Field(
+        0.0, description="Weight of retrieval rank (1/rank) beside the reader's margin when choosing a span."
     )
 
     # Optional LLM (any OpenAI-compatible endpoint)

