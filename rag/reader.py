@@ -14,7 +14,6 @@ no-answer score (both logits at ``<s>``). Choosing among passages and abstaining
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -71,12 +70,11 @@ class Reading:
         return self.score - self.null_score
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file (the same hash the embedding conversion records)."""
+    from rag.embedding import _sha256_file
+
+    return _sha256_file(path)
 
 
 def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
@@ -87,7 +85,7 @@ def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
             f"reader weights {weights} are missing; restore them with git checkout or reinstall the package"
         )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    actual = _sha256(weights)
+    actual = sha256_file(weights)
     if actual != manifest["sha256"]:
         raise ReaderError(
             f"reader weights {weights} are damaged (sha256 {actual[:12]}…, expected "

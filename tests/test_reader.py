@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.reader import WEIGHTS_FILE, ReaderError, _sha256, load_reader, read_manifest
+from rag.reader import WEIGHTS_FILE, ReaderError, load_reader, read_manifest, sha256_file
 from rag.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_train_reader_cli_runs_the_real_code_path(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     weights = out / "reader.safetensors"
     manifest = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
-    assert manifest["sha256"] == _sha256(weights)
+    assert manifest["sha256"] == sha256_file(weights)
     assert manifest["windows"] == 16 and manifest["steps"] == 2
     assert "CMRC 2018 trial, gold paragraph given: F1" in proc.stdout, proc.stdout
     assert (out / "checkpoint.pt").is_file()
@@ -133,7 +133,7 @@ def test_a_changed_config_does_not_resume_a_checkpoint(tmp_path: Path, base_mode
 def test_shipped_weights_match_their_checksum() -> None:
     manifest = read_manifest()
     assert WEIGHTS_FILE.stat().st_size <= 50 * 1024 * 1024
-    assert manifest["sha256"] == _sha256(WEIGHTS_FILE)
+    assert manifest["sha256"] == sha256_file(WEIGHTS_FILE)
 
 
 def test_damaged_weights_are_one_clear_error(tmp_path: Path, base_model_dir: Path) -> None:
