@@ -322,6 +322,9 @@ def test_thresholds_file_names_known_metrics() -> None:
         "abstention_precision",
         "abstention_recall",
         "wrong_abstention_rate",
+        # Recall per unanswerable group, where a set has more than one (the seed set).
+        "abstention_recall_unanswerable",
+        "abstention_recall_off_topic",
     }
     followup_metrics = {
         f"{m}_{h}" for m in ("accuracy", "hit@5") for h in ("with_history", "without_history")
@@ -333,6 +336,8 @@ def test_thresholds_file_names_known_metrics() -> None:
             known = (
                 answer_metrics
                 if section == "answers"
+                else {"f1", "em"}
+                if section == "answers_gold_paragraph"
                 else followup_metrics
                 if section == "followups"
                 else set(RETRIEVAL_METRICS)
