@@ -33,19 +33,19 @@ from typing import Any
 import bm25s
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from rag.chunking import chunk_articles
 from rag.embedding import Embedder
 from rag.errors import IndexError_
-from rag.ingest import list_documents, read_document
+from rag.ingest import document_source, list_documents, read_document
 from rag.models import Article, Chunk
 from rag.settings import Settings
 from rag.textnorm import fold, search_tokens
 
+Float32Array = npt.NDArray[np.float32]
+
 log = logging.getLogger(__name__)
-# bm25s sets its own logger to DEBUG on import, which printed "Building index from tokens"
-# on every `rag build`/`rag search`; its warnings still show.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 FORMAT_VERSION = 1
 _LIBRARIES = ("sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s", "jieba", "opencc")
@@ -66,6 +66,7 @@ class BuildStats:
 
     @property
     def tokens_per_second(self) -> float:
+        """Embedding throughput of the build (0 when nothing was embedded)."""
         return self.tokens / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
@@ -77,7 +78,7 @@ class SearchIndex:
     manifest: dict[str, Any]
     articles: dict[str, Article]
     chunks: list[Chunk]
-    vectors: np.ndarray
+    vectors: Float32Array
     faiss_index: faiss.Index
     bm25: bm25s.BM25
 
@@ -100,7 +101,7 @@ def _chunk_key(chunk: Chunk, title_context: bool) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for name in _LIBRARIES:
         try:
             out[name] = metadata.version(name)
@@ -109,8 +110,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _settings_fingerprint(settings: Settings, embedder: Embedder) -> dict[str, Any]:
-    """The manifest fields that must match for an index to be usable as is."""
+def settings_fingerprint(settings: Settings, embedder: Embedder) -> dict[str, Any]:
+    """The manifest fields that must match for an index to be usable as is.
+
+    Stored as the manifest's ``settings``; :func:`load_index` refuses a build whose
+    fields differ, and a rebuild reuses old vectors only when all of them match.
+    """
     return {
         "format": FORMAT_VERSION,
         "embed_model": embedder.model_id,
@@ -124,7 +129,17 @@ def _settings_fingerprint(settings: Settings, embedder: Embedder) -> dict[str, A
     }
 
 
-def build_faiss(vectors: np.ndarray, ann_threshold: int) -> faiss.Index:
+def _quiet_bm25s() -> None:
+    """Undo bm25s' import-time ``setLevel(DEBUG)`` on its logger; its warnings still show.
+
+    Without this, "Building index from tokens" was printed on every ``rag build`` and
+    ``rag search``. Done where bm25s is used rather than when this module is imported,
+    so importing the index module changes no logging configuration.
+    """
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+def build_faiss(vectors: Float32Array, ann_threshold: int) -> faiss.Index:
     """Exact inner-product search for small corpora, HNSW from ``ann_threshold`` vectors on."""
     dim = vectors.shape[1] if vectors.ndim == 2 and vectors.size else 1
     index: faiss.Index
@@ -142,6 +157,7 @@ def build_faiss(vectors: np.ndarray, ann_threshold: int) -> faiss.Index:
 def build_bm25(chunks: list[Chunk]) -> bm25s.BM25:
     """BM25 over jieba search-mode tokens of each chunk (title included: headlines are words readers use)."""
     corpus = [search_tokens(f"{c.title}\n{c.text}") or ["∅"] for c in chunks]
+    _quiet_bm25s()
     bm25 = bm25s.BM25()
     bm25.index(corpus, show_progress=False)
     return bm25
@@ -184,7 +200,7 @@ def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
     rebuild = _rebuild_command(settings)
     build = require_index(settings)
     manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
-    expected = _settings_fingerprint(settings, embedder)
+    expected = settings_fingerprint(settings, embedder)
     stale = [k for k, v in expected.items() if manifest.get("settings", {}).get(k) != v]
     if stale:
         raise IndexError_(
@@ -193,6 +209,7 @@ def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
     articles = [Article(**row) for row in _read_jsonl(build / "articles.jsonl")]
     chunks = [Chunk(**row) for row in _read_jsonl(build / "chunks.jsonl")]
     vectors = np.load(build / "vectors.npy")
+    _quiet_bm25s()
     return SearchIndex(
         path=build,
         manifest=manifest,
@@ -204,7 +221,7 @@ def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
     )
 
 
-def _previous_vectors(index_dir: Path, expected: dict[str, Any]) -> dict[str, np.ndarray]:
+def _previous_vectors(index_dir: Path, expected: dict[str, Any]) -> dict[str, Float32Array]:
     """Vectors of the live build keyed by embedded-text hash, if it was made the same way."""
     build = _current_build(index_dir)
     if build is None:
@@ -221,6 +238,35 @@ def _previous_vectors(index_dir: Path, expected: dict[str, Any]) -> dict[str, np
     return dict(zip(keys, vectors, strict=True))
 
 
+@dataclass
+class _BuildContent:
+    """Everything a build writes, computed before its folder is created."""
+
+    settings: dict[str, Any]
+    """:func:`settings_fingerprint` of the build."""
+    files: dict[str, str]
+    """Document file name -> sha256 of its bytes (empty when articles were given)."""
+    articles: list[Article]
+    chunks: list[Chunk]
+    keys: list[str]
+    """Per chunk, the hash of its embedded text (what a rebuild reuses vectors by)."""
+    vectors: Float32Array
+    tokens: int
+    """Tokens embedded by this build (not counting reused vectors)."""
+
+
+def _read_docs(settings: Settings) -> tuple[list[Article], dict[str, str]]:
+    """The articles of ``settings.docs_dir`` and the sha256 of each file, by document source."""
+    files: dict[str, str] = {}
+    articles: list[Article] = []
+    for path in list_documents(settings.docs_dir):
+        files[document_source(path, settings.docs_dir)] = _sha256(path.read_bytes())
+        articles.extend(read_document(path, settings.docs_dir))
+    if not articles:
+        raise IndexError_(f"no .txt or .md articles in {settings.docs_dir}; add documents or pass --docs DIR")
+    return articles, files
+
+
 def build_index(
     settings: Settings,
     embedder: Embedder,
@@ -230,20 +276,14 @@ def build_index(
     """Build (or incrementally update) the index of ``settings.docs_dir`` into ``settings.index_dir``.
 
     ``articles`` replaces reading the docs folder (the eval indexes benchmark paragraphs).
+    Only passages are embedded: a build never needs (or makes) the question encoder.
     """
     started = time.perf_counter()
     files: dict[str, str] = {}
     if articles is None:
-        articles = []
-        for path in list_documents(settings.docs_dir):
-            files[path.name] = _sha256(path.read_bytes())
-            articles.extend(read_document(path))
-        if not articles:
-            raise IndexError_(
-                f"no .txt or .md articles in {settings.docs_dir}; add documents or pass --docs DIR"
-            )
+        articles, files = _read_docs(settings)
     chunks = chunk_articles(articles, settings.chunk_size, settings.chunk_overlap)
-    expected = _settings_fingerprint(settings, embedder)
+    expected = settings_fingerprint(settings, embedder)
 
     previous = _previous_vectors(settings.index_dir, expected)
     keys = [_chunk_key(c, settings.title_context) for c in chunks]
@@ -259,7 +299,8 @@ def build_index(
     embed_seconds = time.perf_counter() - embed_started
     tokens = embedder.count_tokens(texts) if texts else 0
 
-    build = _write_build(settings, expected, files, articles, chunks, keys, vectors, tokens)
+    content = _BuildContent(expected, files, articles, chunks, keys, vectors, tokens)
+    build = _write_build(settings, content)
     stats = BuildStats(
         documents=len(files) or len({a.source for a in articles}),
         articles=len(articles),
@@ -274,16 +315,7 @@ def build_index(
     return stats
 
 
-def _write_build(
-    settings: Settings,
-    expected: dict[str, Any],
-    files: dict[str, str],
-    articles: list[Article],
-    chunks: list[Chunk],
-    keys: list[str],
-    vectors: np.ndarray,
-    tokens: int,
-) -> Path:
+def _write_build(settings: Settings, content: _BuildContent) -> Path:
     """Write a complete build into a fresh folder, then switch ``CURRENT`` to it atomically."""
     index_dir = settings.index_dir
     builds = index_dir / "builds"
@@ -292,22 +324,27 @@ def _write_build(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     tmp = builds / f".tmp-{stamp}-{os.getpid()}"
     tmp.mkdir()
+    chunks = content.chunks
     try:
-        _write_jsonl(tmp / "articles.jsonl", [asdict(a) for a in articles])
+        _write_jsonl(tmp / "articles.jsonl", [asdict(a) for a in content.articles])
         _write_jsonl(tmp / "chunks.jsonl", [asdict(c) for c in chunks])
-        np.save(tmp / "vectors.npy", vectors)
-        faiss.write_index(build_faiss(vectors, settings.ann_threshold), str(tmp / "faiss.index"))
+        np.save(tmp / "vectors.npy", content.vectors)
+        faiss.write_index(build_faiss(content.vectors, settings.ann_threshold), str(tmp / "faiss.index"))
         build_bm25(chunks).save(str(tmp / "bm25"), show_progress=False)
         manifest = {
-            "settings": expected,
+            "settings": content.settings,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "docs_dir": str(settings.docs_dir),
-            "files": files,
-            "counts": {"documents": len(files), "articles": len(articles), "chunks": len(chunks)},
-            "tokens_embedded": tokens,
+            "files": content.files,
+            "counts": {
+                "documents": len(content.files),
+                "articles": len(content.articles),
+                "chunks": len(chunks),
+            },
+            "tokens_embedded": content.tokens,
             "faiss": "hnsw" if len(chunks) >= settings.ann_threshold else "flat",
             "versions": _versions(),
-            "chunk_keys": keys,
+            "chunk_keys": content.keys,
         }
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"

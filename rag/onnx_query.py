@@ -13,7 +13,8 @@ the sentence-transformers model's own modules, so any model with a standard
 
 The export is made once per model (by fingerprint) under ``<cache_dir>/onnx/`` and
 checked against torch before it is used; if anything fails, the embedder keeps using
-torch and logs why.
+torch and logs why. The embedder asks for it on its first question (or when a server
+warms it), never for an index build.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,15 +57,15 @@ class OnnxQueryEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
-        # Like torch's OMP_WAIT_POLICY=PASSIVE (rag.embedding): no spinning threads that
-        # would hold the core a web worker or an index build needs. Costs <1 ms a query.
+        # Like OMP_WAIT_POLICY=PASSIVE for torch (rag.embedding.configure_runtime): no spinning
+        # threads that would hold the core a web worker or an index build needs. Costs <1 ms a query.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model = model
         self.path = path
 
-    def encode(self, text: str, prompt: str) -> np.ndarray:
+    def encode(self, text: str, prompt: str) -> npt.NDArray[np.float32]:
         """The model's sentence embedding of ``prompt + text`` (float32 ``[dim]``)."""
         import torch
 
@@ -92,7 +94,8 @@ def _export(model: SentenceTransformer, dest: Path) -> None:
             self.inner = hf_model
 
         def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-            return hf_model(**dict(zip(names, tensors, strict=True))).last_hidden_state
+            hidden: torch.Tensor = hf_model(**dict(zip(names, tensors, strict=True))).last_hidden_state
+            return hidden
 
     dynamic = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -134,11 +137,55 @@ def onnx_path(cache_dir: Path, fingerprint: str) -> Path:
     return Path(cache_dir).expanduser() / "onnx" / key / "model.onnx"
 
 
+def _export_failures() -> tuple[type[BaseException], ...]:
+    """What exporting, opening or running the ONNX model can raise (onnxruntime is importable).
+
+    ONNX Runtime's own errors (a damaged file, an unsupported graph) derive from
+    ``Exception`` directly; the exporter raises ``RuntimeError`` (``OnnxExporterError``),
+    ``TypeError``/``ValueError`` for inputs it can't trace, ``ImportError`` when the
+    ``onnx`` package is missing; disk trouble is an ``OSError``; a model whose tokenizer
+    yields other inputs than the export fails with ``KeyError``.
+    """
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    return (
+        OSError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        ImportError,
+        ort_state.Fail,
+        ort_state.InvalidArgument,
+        ort_state.InvalidGraph,
+        ort_state.InvalidProtobuf,
+        ort_state.NoSuchFile,
+        ort_state.NotImplemented,
+        ort_state.RuntimeException,
+    )
+
+
+def _open_or_export(model: SentenceTransformer, path: Path, threads: int) -> OnnxQueryEncoder:
+    """The encoder over the cached export at ``path``, exporting first if it is missing or damaged."""
+    if path.exists():
+        try:
+            return OnnxQueryEncoder(model, path, threads)
+        except _export_failures() as exc:  # a damaged cache file: make it again
+            log.warning("Cached ONNX export %s is unreadable (%s): exporting again", path, exc)
+    t0 = time.perf_counter()
+    _export(model, path)
+    log.info("Exported the query encoder to %s in %.1f s", path, time.perf_counter() - t0)
+    return OnnxQueryEncoder(model, path, threads)
+
+
 def load_onnx_query_encoder(
     model: SentenceTransformer, fingerprint: str, cache_dir: Path, threads: int
 ) -> OnnxQueryEncoder | None:
-    """The ORT encoder for ``model``, exported on first use; ``None`` (with a logged
-    reason) when ONNX Runtime is missing, the export fails or it disagrees with torch."""
+    """The ORT encoder for ``model``, exported on first use under ``cache_dir``.
+
+    ``None`` (with a logged reason) when ONNX Runtime is missing, the export fails or
+    it disagrees with torch: any of those only costs speed, questions then go to torch.
+    """
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -146,19 +193,9 @@ def load_onnx_query_encoder(
         return None
     path = onnx_path(cache_dir, fingerprint)
     try:
-        encoder = None
-        if path.exists():
-            try:
-                encoder = OnnxQueryEncoder(model, path, threads)
-            except Exception as exc:  # a damaged cache file: make it again
-                log.warning("Cached ONNX export %s is unreadable (%s): exporting again", path, exc)
-        if encoder is None:
-            t0 = time.perf_counter()
-            _export(model, path)
-            log.info("Exported the query encoder to %s in %.1f s", path, time.perf_counter() - t0)
-            encoder = OnnxQueryEncoder(model, path, threads)
+        encoder = _open_or_export(model, path, threads)
         worst = _agrees_with_torch(encoder, model)
-    except Exception as exc:  # any failure only costs speed: fall back to torch
+    except _export_failures() as exc:
         log.warning("ONNX query encoder unavailable (%s): questions are embedded with torch", exc)
         return None
     if worst < _MIN_COSINE:

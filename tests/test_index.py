@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.embedding import Embedder
+from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexError_, QuestionError
 from rag.index import build_index, load_index
+from rag.onnx_query import onnx_path
 from rag.retrieval import Retriever
-from rag.settings import Settings
+from rag.settings import RetrievalMode, Settings
 from rag.textnorm import squash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +53,8 @@ def test_alliance_question_ranks_its_chunk_first(retriever: Retriever) -> None:
 
 # Dense alone ranks it 4th (other 锦屏 articles come first): fusion with BM25 is what fixes it.
 @pytest.mark.parametrize(("mode", "worst_rank"), [("bm25", 1), ("dense", 5)])
-def test_each_mode_finds_the_alliance(retriever: Retriever, mode: str, worst_rank: int) -> None:
-    hits = retriever.search("锦屏成立了什么联盟", k=5, mode=mode)  # type: ignore[arg-type]
+def test_each_mode_finds_the_alliance(retriever: Retriever, mode: RetrievalMode, worst_rank: int) -> None:
+    hits = retriever.search("锦屏成立了什么联盟", k=5, retrieval_mode=mode)
     ranks = [h.rank for h in hits if ALLIANCE in squash(h.chunk.text)]
     assert ranks and ranks[0] <= worst_rank
 
@@ -65,7 +66,7 @@ def test_traditional_characters_match_simplified(retriever: Retriever) -> None:
 
 
 def test_paraphrase_found_by_dense_retrieval(retriever: Retriever) -> None:
-    hits = retriever.search("哪里在电梯里装了防止煤气罐上楼的装置", k=5, mode="hybrid")
+    hits = retriever.search("哪里在电梯里装了防止煤气罐上楼的装置", k=5, retrieval_mode="hybrid")
     assert any("瓶装燃气阻止系统" in h.chunk.text for h in hits[:3])
 
 
@@ -133,9 +134,40 @@ def test_hnsw_past_the_threshold(embedder: Embedder, seed_settings: Settings, tm
     approx = Retriever(index, embedder, s)
     # On a corpus this small HNSW with efSearch 128 is exact: same ranking as the flat index.
     question = "锦屏成立了什么联盟"
-    assert [h.chunk.id for h in approx.search(question, k=5, mode="dense")] == [
-        h.chunk.id for h in exact.search(question, k=5, mode="dense")
+    assert [h.chunk.id for h in approx.search(question, k=5, retrieval_mode="dense")] == [
+        h.chunk.id for h in exact.search(question, k=5, retrieval_mode="dense")
     ]
+
+
+# `rag build` in a child process that stops for good inside the write of its new build
+# folder (articles, chunks, vectors and FAISS written; BM25 and manifest not), after
+# touching a marker, so the test can kill it at a known point instead of racing it.
+_BUILD_THAT_STALLS = """
+import os, sys, time
+from pathlib import Path
+
+import rag.index
+from rag.cli import app
+
+def stall(chunks):
+    Path(sys.argv[1]).write_text(str(os.getpid()))
+    time.sleep(3600)
+    raise SystemExit("was not killed")
+
+rag.index.build_bm25 = stall
+app(sys.argv[2:], prog_name="rag")
+"""
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 300  # loading the model on a busy 2-core machine
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the build ended (rc {proc.returncode}) before it began writing:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the build never began writing:\n{log.read_text()}")
+        time.sleep(0.1)
 
 
 def test_a_killed_build_leaves_the_previous_index_loadable(
@@ -143,38 +175,78 @@ def test_a_killed_build_leaves_the_previous_index_loadable(
 ) -> None:
     index_dir = tmp_path / "index"
     shutil.copytree(seed_settings.index_dir, index_dir)
+    live = (index_dir / "CURRENT").read_text()
     docs = tmp_path / "docs"
     shutil.copytree(ROOT / "seeds", docs)
-    (docs / "extra.txt").write_text("新增的一篇文章。" * 400, encoding="utf-8")  # work to interrupt
-    env = {"RAG_CACHE_DIR": str(seed_settings.cache_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rag", "build", "--docs", str(docs), "--index", str(index_dir)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
+    (docs / "extra.txt").write_text("某县图书馆新馆开放，新增藏书五万册。", encoding="utf-8")
+    marker, log = tmp_path / "writing", tmp_path / "build.log"
+    args = ["build", "--docs", str(docs), "--index", str(index_dir)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BUILD_THAT_STALLS, str(marker), *args],
+            cwd=ROOT,
+            env={**os.environ, "RAG_CACHE_DIR": str(seed_settings.cache_dir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_for(marker, proc, log)
     builds = index_dir / "builds"
-    while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in builds.iterdir()):
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    partial = [p for p in builds.iterdir() if p.name.startswith(".tmp-")]
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+
+    # It really was midway: its half-written folder is there, CURRENT still names the old build.
+    assert marker.read_text() == str(proc.pid)
+    assert [p.name.rsplit("-", 1)[-1] for p in partial] == [str(proc.pid)]
+    assert (partial[0] / "vectors.npy").is_file() and not (partial[0] / "manifest.json").exists()
+    assert (index_dir / "CURRENT").read_text() == live
     s = seed_settings.model_copy(update={"index_dir": index_dir})
-    index = load_index(s, embedder)  # the previous build, or the new one if it had finished: never half
+    index = load_index(s, embedder)
+    assert index.path.name == live and "extra.txt" not in index.manifest["files"]
     assert index.faiss_index.ntotal == len(index.chunks) == index.vectors.shape[0]
 
-    # The next build clears what the killed one left (planted too, in case it had finished),
-    # and leaves alone the folder of a build still running (this process).
-    (builds / f".tmp-19700101T000000000000Z-{proc.pid}").mkdir(exist_ok=True)
+    # The next build clears what the killed one left (the pointer file planted: it died
+    # before writing one), and leaves alone the folder of a build still running (this process).
     (index_dir / f".CURRENT.{proc.pid}").write_text("x")
     running = builds / f".tmp-19700101T000000000000Z-{os.getpid()}"
     running.mkdir()
-    build_index(s.model_copy(update={"docs_dir": docs}), embedder)
+    stats = build_index(s.model_copy(update={"docs_dir": docs}), embedder)
     assert [p for p in builds.iterdir() if p.name.startswith(".tmp-")] == [running]
     assert not list(index_dir.glob(".CURRENT.*"))
+    assert stats.embedded >= 1 and "extra.txt" in load_index(s, embedder).manifest["files"]
+
+
+def _cache_without_onnx(settings: Settings, tmp_path: Path) -> Path:
+    """A cache dir sharing the converted models of ``settings`` but nothing else."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(settings.cache_dir.expanduser() / "models", target_is_directory=True)
+    return cache
+
+
+def test_building_an_index_leaves_the_question_encoder_to_the_first_question(
+    seed_settings: Settings, tmp_path: Path
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(ROOT / "seeds" / "000_ed8d00c7a0348028.txt", docs)
+    cache = _cache_without_onnx(seed_settings, tmp_path)
+    s = seed_settings.model_copy(
+        update={
+            "docs_dir": docs,
+            "index_dir": tmp_path / "index",
+            "cache_dir": cache,
+            "query_backend": "onnx",
+        }
+    )
+    fresh = load_embedder(s)
+    build_index(s, fresh)
+    assert not (cache / "onnx").exists(), "building an index exported the question encoder"
+
+    hits = Retriever(load_index(s, fresh), fresh, s).search("锦屏成立了什么联盟", k=1)
+    assert hits[0].chunk.source == "000_ed8d00c7a0348028.txt"
+    assert onnx_path(cache, fresh.fingerprint).is_file()  # made for the first question
+    assert fresh.query_encoder is not None and fresh.warm_query_encoder() is fresh.query_encoder
 
 
 def test_cli_search_json(seed_settings: Settings) -> None:
@@ -203,14 +275,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> 
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
-def test_cli_rebuild_of_unchanged_docs_reports_the_counts_and_no_debug_noise(
+def test_cli_rebuild_of_unchanged_docs_reports_the_counts_no_debug_noise_no_onnx(
     seed_settings: Settings, tmp_path: Path
 ) -> None:
     index_dir = tmp_path / "index"
     shutil.copytree(seed_settings.index_dir, index_dir)
-    env = {"RAG_CACHE_DIR": str(seed_settings.cache_dir)}
-    result = _rag("build", "--docs", str(ROOT / "seeds"), "--index", str(index_dir), env=env)
+    cache = _cache_without_onnx(seed_settings, tmp_path)
+    result = _rag(
+        "build", "--docs", str(ROOT / "seeds"), "--index", str(index_dir), env={"RAG_CACHE_DIR": str(cache)}
+    )
     assert result.returncode == 0, result.stderr
+    assert not (cache / "onnx").exists(), "rag build exported the question encoder it never uses"
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("5 documents,") and "(0 embedded, " in summary
     assert summary.endswith("nothing to embed"), summary
