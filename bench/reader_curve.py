@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
 from rag.embedding import ensure_default_model
-from rag.evaluate import resolve_bench_dir
+from rag.evaluation.sets import DEFAULT_BENCH_DIR
 from rag.reader import load_reader
 from rag.reader_training import evaluate_reader
 from rag.settings import Settings
@@ -26,10 +27,16 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--limit", type=int, help="First N paragraphs of CMRC trial (default: all).")
     ap.add_argument("--backend", default="onnx")
+    ap.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path(os.environ.get("RAG_EVAL_BENCH_DIR") or DEFAULT_BENCH_DIR),
+        help="External benchmarks (default $RAG_EVAL_BENCH_DIR or ../shared/bench).",
+    )
     args = ap.parse_args()
     settings = Settings()
     base = ensure_default_model(settings.cache_dir)
-    trial = resolve_bench_dir() / "cmrc2018" / "cmrc2018_trial.json"
+    trial = args.bench_dir / "cmrc2018" / "cmrc2018_trial.json"
     points: dict[int, tuple[Path, float | None]] = {}
     curve = args.run / "curve.jsonl"
     for line in curve.read_text(encoding="utf-8").splitlines() if curve.is_file() else []:

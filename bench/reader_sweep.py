@@ -22,24 +22,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from rag.answer import Answerer
 from rag.embedding import load_embedder
-from rag.evaluate import (
-    DEFAULT_SET,
-    answer_contains,
-    cmrc_em,
-    cmrc_f1,
-    eval_cache_root,
-    load_jsonl_set,
-    load_squad_set,
-    open_retriever,
-    resolve_bench_dir,
-    strip_citations,
-)
+from rag.evaluation.indexes import default_cache_root, open_retriever
+from rag.evaluation.metrics import answer_contains, cmrc_em, cmrc_f1, strip_citations
+from rag.evaluation.sets import DEFAULT_BENCH_DIR, DEFAULT_SET, load_jsonl_set, load_squad_set
 from rag.reader import Reading, load_settings_reader
 from rag.settings import Settings
 
@@ -55,14 +47,18 @@ class Row:
     byline: str | None
 
 
-def collect(name: str, settings: Settings, limit: int | None, contexts: list[int]) -> dict[int, list[Row]]:
+def collect(
+    name: str, settings: Settings, limit: int | None, contexts: list[int], bench_dir: Path
+) -> dict[int, list[Row]]:
     """Each question retrieved once and read once per context width (characters each side)."""
     if name == "seed":
         eval_set = load_jsonl_set(DEFAULT_SET, limit)
     else:
-        eval_set = load_squad_set(resolve_bench_dir() / SQUAD[name], limit)
+        eval_set = load_squad_set(bench_dir / SQUAD[name], limit)
     embedder = load_embedder(settings)
-    retriever, s, _ = open_retriever(eval_set, settings, embedder, eval_cache_root(settings))
+    cache_root = Path(os.environ.get("RAG_EVAL_CACHE_DIR") or default_cache_root(settings))
+    opened = open_retriever(eval_set, settings, embedder, cache_root)
+    retriever, s = opened.retriever, opened.settings
     reader = load_settings_reader(s)
     answerers = {
         c: Answerer(retriever, s.model_copy(update={"reader_passages": 5, "reader_context": c}), reader)
@@ -135,10 +131,16 @@ def main() -> None:
     ap.add_argument(
         "--margins", nargs="+", type=float, default=[-4.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]
     )
+    ap.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=Path(os.environ.get("RAG_EVAL_BENCH_DIR") or DEFAULT_BENCH_DIR),
+        help="External benchmarks (default $RAG_EVAL_BENCH_DIR or ../shared/bench).",
+    )
     args = ap.parse_args()
     settings = Settings(docs_dir=Path(__file__).resolve().parents[1] / "seeds")
     for name in args.sets:
-        by_context = collect(name, settings, args.limit, args.contexts)
+        by_context = collect(name, settings, args.limit, args.contexts, args.bench_dir)
         for context, rows in by_context.items():
             print(f"\n## {name}, context {context} characters ({len(rows)} questions)")
             header = None

@@ -88,6 +88,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The config as JSON values (paths as strings): what a checkpoint must match."""
         out = asdict(self)
         out["data"] = [str(p) for p in self.data]
         out["out_dir"] = str(self.out_dir)
@@ -208,10 +209,12 @@ class Featurizer:
         self.sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
 
     def question_ids(self, question: str) -> list[int]:
+        """The question's token ids, cut to ``max_question_tokens``."""
         ids = self.tok(question, add_special_tokens=False)["input_ids"]
         return list(ids[: self.max_question_tokens])
 
     def passage_tokens(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The passage's token ids and each token's character offsets."""
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
@@ -232,6 +235,8 @@ class Featurizer:
         retrieved: str | None,
         neg_retrieved: float,
     ) -> list[Window]:
+        """The answer's window, plus (by chance) a window of the same paragraph without it and
+        one of the ``retrieved`` paragraph: "no answer" is learned from both."""
         q_ids = self.question_ids(ex.question)
         p_ids, offsets = self.passage_tokens(ex.context)
         budget = self.budget(q_ids)
@@ -371,6 +376,145 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
+def _training_order(cfg: TrainConfig, windows: list[Window]) -> list[Window]:
+    """The windows in training order: epoch 1 as built, later epochs shuffled, cut to the run."""
+    order: list[Window] = []
+    erng = random.Random(cfg.seed + 1)
+    for e in range(math.ceil(cfg.epochs)):
+        part = list(windows)
+        if e:
+            erng.shuffle(part)
+        order.extend(part)
+    n_total = int(len(windows) * cfg.epochs)
+    if cfg.max_windows is not None:
+        n_total = min(n_total, cfg.max_windows)
+    return order[:n_total]
+
+
+def _new_model(cfg: TrainConfig) -> Any:
+    """The e5 encoder with a fresh head, or the weights of ``cfg.init``, on ``cfg.device``."""
+    import torch
+
+    from rag.reader_model import load_trainable, new_reader
+
+    model = new_reader(cfg.base_model_dir)
+    if cfg.init is not None:
+        from safetensors.torch import load_file
+
+        load_trainable(model, load_file(str(cfg.init)))
+    model = model.to(torch.device(cfg.device))
+    model.train()
+    return model
+
+
+class _Run:
+    """One training run's mutable state: model, optimizer, schedule, step; saved and resumed whole."""
+
+    def __init__(self, cfg: TrainConfig, total_steps: int) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.device = torch.device(cfg.device)
+        self.model = _new_model(cfg)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
+        warmup = int(total_steps * cfg.warmup)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: _lr_factor(s, total_steps, warmup))
+        self.step = 0
+        self.loss = 0.0
+        self.checkpoint_path = cfg.out_dir / "checkpoint.pt"
+        self.curve_path = cfg.out_dir / "curve.jsonl"
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` when this config wrote it; else start a new curve."""
+        import torch
+
+        if not self.checkpoint_path.exists():
+            self.curve_path.unlink(missing_ok=True)
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["config"] != self.cfg.to_json():
+            raise ValueError(
+                f"{self.checkpoint_path} was written by another training config; "
+                "use another --out or delete it"
+            )
+        self.model.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step = state["step"]
+        log.info("resumed from %s at step %d of %d", self.checkpoint_path, self.step, self.total_steps)
+
+    def train_step(self, batch: dict[str, Any]) -> None:
+        """One optimizer step on ``batch`` (bf16 autocast), updating the running loss."""
+        import torch
+
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            start_logits, end_logits = self.model(ids, mask)
+        # Padding can never be the answer.
+        neg = torch.finfo(start_logits.dtype).min
+        start_logits = start_logits.masked_fill(mask == 0, neg)
+        end_logits = end_logits.masked_fill(mask == 0, neg)
+        ce = torch.nn.CrossEntropyLoss()
+        loss = (
+            ce(start_logits, batch["start"].to(self.device)) + ce(end_logits, batch["end"].to(self.device))
+        ) / 2
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        value = float(loss.item())
+        self.loss = value if self.step == 1 else 0.98 * self.loss + 0.02 * value
+
+    def snapshot(self, seen: int) -> None:
+        """Weights for the learning curve, and a line in ``curve.jsonl``."""
+        snap = save_weights(
+            self.model, self.cfg.out_dir / f"snapshot-{seen:06d}.safetensors", self.cfg, windows=seen
+        )
+        row = {"windows": seen, "step": self.step, "loss": self.loss, "snapshot": snap.name}
+        with self.curve_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def checkpoint(self) -> None:
+        """Everything needed to resume exactly, written atomically."""
+        import torch
+
+        from rag.reader_model import trainable_state
+
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        state = {
+            "config": self.cfg.to_json(),
+            "model": trainable_state(self.model),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(),
+            "step": self.step,
+        }
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)
+
+
+def _seed_everything(cfg: TrainConfig) -> None:
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+
 def train(
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
@@ -381,138 +525,41 @@ def train(
     A checkpoint in ``cfg.out_dir`` (``checkpoint.pt``) written by the same config is
     resumed from where it stopped.
     """
-    import torch
     from transformers import AutoTokenizer
 
-    from rag.reader_model import new_reader, trainable_state
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    _seed_everything(cfg)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.base_model_dir))
-    windows = build_windows(cfg, tokenizer)
-    n_epochs = math.ceil(cfg.epochs)
-    order: list[Window] = []
-    erng = random.Random(cfg.seed + 1)
-    for e in range(n_epochs):
-        part = list(windows)
-        if e:
-            erng.shuffle(part)
-        order.extend(part)
-    n_total = int(len(windows) * cfg.epochs)
-    if cfg.max_windows is not None:
-        n_total = min(n_total, cfg.max_windows)
-    order = order[:n_total]
-    total_steps = len(_bucketed(order, cfg.batch_size, random.Random(cfg.seed + 2)))
-    warmup = int(total_steps * cfg.warmup)
-
-    device = torch.device(cfg.device)
-    model = new_reader(cfg.base_model_dir)
-    if cfg.init is not None:
-        from safetensors.torch import load_file
-
-        from rag.reader_model import load_trainable
-
-        load_trainable(model, load_file(str(cfg.init)))
-    model = model.to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total_steps, warmup))
-    step = 0
-    ckpt = cfg.out_dir / "checkpoint.pt"
-    curve_path = cfg.out_dir / "curve.jsonl"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != cfg.to_json():
-            raise ValueError(f"{ckpt} was written by another training config; use another --out or delete it")
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        log.info("resumed from %s at step %d of %d", ckpt, step, total_steps)
-    else:
-        curve_path.unlink(missing_ok=True)
+    order = _training_order(cfg, build_windows(cfg, tokenizer))
+    buckets = _bucketed(order, cfg.batch_size, random.Random(cfg.seed + 2))
+    run = _Run(cfg, total_steps=len(buckets))
+    run.resume()
     (cfg.out_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2), encoding="utf-8")
-
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if device.type == "cpu"
-        else torch.autocast(device.type, dtype=torch.bfloat16)
-    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1
-    ce = torch.nn.CrossEntropyLoss()
-    batches = list(_batches(_bucketed(order, cfg.batch_size, random.Random(cfg.seed + 2)), pad_id))
-    sum_windows = np.cumsum([len(b["start"]) for b in batches]).tolist()
-    start_seen = sum_windows[step - 1] if step else 0
+    batches = list(_batches(buckets, pad_id))
+    seen_after = np.cumsum([len(b["start"]) for b in batches]).tolist()
+    start_seen = seen_after[run.step - 1] if run.step else 0
     t0 = time.perf_counter()
-    running = 0.0
-    while step < total_steps:
-        b = batches[step]
-        ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
-        with autocast:
-            start_logits, end_logits = model(ids, mask)
-        # Padding can never be the answer.
-        neg = torch.finfo(start_logits.dtype).min
-        start_logits = start_logits.masked_fill(mask == 0, neg)
-        end_logits = end_logits.masked_fill(mask == 0, neg)
-        loss = (ce(start_logits, b["start"].to(device)) + ce(end_logits, b["end"].to(device))) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        step += 1
-        running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
-        seen = sum_windows[step - 1]
+    while run.step < run.total_steps:
+        run.train_step(batches[run.step])
+        step, seen = run.step, seen_after[run.step - 1]
         if step % 50 == 0:
             rate = (seen - start_seen) / max(1e-9, time.perf_counter() - t0)
-            log.info(
-                "step %d/%d loss %.3f lr %.2e %.2f windows/s",
-                step,
-                total_steps,
-                running,
-                sched.get_last_lr()[0],
-                rate,
-            )
-        before = sum_windows[step - 2] if step > 1 else 0
+            lr = run.sched.get_last_lr()[0]
+            log.info("step %d/%d loss %.3f lr %.2e %.2f windows/s", step, run.total_steps, run.loss, lr, rate)
+        before = seen_after[step - 2] if step > 1 else 0
         if cfg.snapshot_every and seen // cfg.snapshot_every > before // cfg.snapshot_every:
-            snap = save_weights(model, cfg.out_dir / f"snapshot-{seen:06d}.safetensors", cfg, windows=seen)
-            with curve_path.open("a", encoding="utf-8") as fh:
-                fh.write(
-                    json.dumps({"windows": seen, "step": step, "loss": running, "snapshot": snap.name}) + "\n"
-                )
-        if step % cfg.checkpoint_every == 0 or step == total_steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(
-                {
-                    "config": cfg.to_json(),
-                    "model": trainable_state(model),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
-                    "step": step,
-                },
-                tmp,
-            )
-            tmp.replace(ckpt)
+            run.snapshot(seen)
+        if step % cfg.checkpoint_every == 0 or step == run.total_steps:
+            run.checkpoint()
         if progress:  # after the checkpoint: a run stopped here resumes from this step
-            progress(step, total_steps, running)
+            progress(step, run.total_steps, run.loss)
     final = save_weights(
-        model, cfg.out_dir / "reader.safetensors", cfg, windows=len(order), steps=total_steps
+        run.model, cfg.out_dir / "reader.safetensors", cfg, windows=len(order), steps=run.total_steps
     )
     log.info(
         "trained %d steps (%d windows) in %.0f s: %s",
-        total_steps,
+        run.total_steps,
         len(order),
         time.perf_counter() - t0,
         final,
@@ -531,10 +578,11 @@ class ReaderScore:
 
 def evaluate_reader(reader: Any, path: Path, limit: int | None = None) -> ReaderScore:
     """CMRC F1/EM of the reader with each question's gold paragraph given (first ``limit`` paragraphs)."""
-    from rag.evaluate import load_squad_set, reader_on_paragraphs
+    from rag.evaluation.runs import reader_on_paragraphs
+    from rag.evaluation.sets import load_squad_set
 
     result = reader_on_paragraphs(reader, load_squad_set(path, limit))
-    return ReaderScore(int(result["n"]), result["f1"], result["em"])
+    return ReaderScore(result.n, result.f1, result.em)
 
 
 def main(argv: list[str] | None = None) -> None:
