@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                     i = next(counter, None)
                 if i is None:
                     return
-                body = {"question": questions[i % len(questions)], "top_k": args.top_k, "mode": args.mode}
+                question = questions[i % len(questions)]
+                body = {"question": question, "top_k": args.top_k, "answer_mode": args.mode}
                 t0 = time.perf_counter()
                 try:
                     status = str(client.post("/ask", json=body).status_code)

@@ -20,3 +20,23 @@ class EmbeddingError(RagError):
 
 class QuestionError(RagError):
     """The question is empty or otherwise unusable."""
+
+
+class NotFoundError(RagError):
+    """A named document, article or model does not exist."""
+
+
+class ConflictError(RagError):
+    """The operation contradicts the current state, e.g. removing the last document."""
+
+
+class PayloadError(RagError):
+    """An uploaded document cannot be used: no usable name, empty, not text."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """An upload is larger than the configured limit (``RAG_MAX_UPLOAD_BYTES``)."""
+
+
+class UnsupportedMediaError(PayloadError):
+    """An upload is not a ``.txt``/``.md`` text file."""

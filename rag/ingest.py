@@ -356,8 +356,8 @@ def _heading_group(blocks: list[_Block], i: int) -> int:
     return j
 
 
-def _segment(blocks: list[_Block], source: str, web_page: bool) -> list[Article]:
-    """Cut classified blocks into articles.
+class _Segmenter:
+    """Cuts classified blocks into articles.
 
     Three layouts occur:
     - a scraped web page holds one article: its first headline is the title, later
@@ -371,62 +371,79 @@ def _segment(blocks: list[_Block], source: str, web_page: bool) -> list[Article]
       case it is a section head; a trailing credit or a wide gap (a picture) always
       ends an article.
     """
-    walker = _PageWalker(source)
-    first_content = next((b for b in blocks if b.kind not in ("byline", "credit")), None)
-    headlines_after = first_content is not None and first_content.kind == "body" and not web_page
-    bylined = any(b.kind == "byline" for b in blocks) or any(_BENBAOXUN.match(b.text) for b in blocks)
 
-    i = 0
-    while i < len(blocks):
-        block = blocks[i]
-        draft = walker.draft
+    def __init__(self, blocks: list[_Block], source: str, web_page: bool) -> None:
+        self.blocks = blocks
+        self.web_page = web_page
+        self.walker = _PageWalker(source)
+        first_content = next((b for b in blocks if b.kind not in ("byline", "credit")), None)
+        self.headlines_after = first_content is not None and first_content.kind == "body" and not web_page
+        self.bylined = any(b.kind == "byline" for b in blocks) or any(
+            _BENBAOXUN.match(b.text) for b in blocks
+        )
+
+    def articles(self) -> list[Article]:
+        """Walk the page once; each block extends, closes or starts an article."""
+        i = 0
+        while i < len(self.blocks):
+            block = self.blocks[i]
+            prev = self.blocks[i - 1] if i else None
+            after_credit = prev is not None and (prev.kind == "credit" or prev.credit is not None)
+            if block.kind == "heading":
+                i = self._heading(i, after_credit)
+                continue
+            self._other(block, after_credit)
+            i += 1
+        self.walker.close()
+        return self.walker.articles
+
+    def _heading(self, i: int, after_credit: bool) -> int:
+        """Place the headline group starting at block ``i``; returns the index after it."""
+        blocks, draft = self.blocks, self.walker.draft
+        end = _heading_group(blocks, i)
+        group = [_join_heading(b) for b in blocks[i:end]]
+        nxt = blocks[end] if end < len(blocks) else None
+        starts_article = nxt is None or nxt.kind in ("byline", "subtitle") or bool(_BENBAOXUN.match(nxt.text))
         has_body = bool(draft.paragraphs)
-        prev = blocks[i - 1] if i else None
-        after_credit = prev is not None and (prev.kind == "credit" or prev.credit is not None)
-
-        if block.kind == "heading":
-            end = _heading_group(blocks, i)
-            group = [_join_heading(b) for b in blocks[i:end]]
-            nxt = blocks[end] if end < len(blocks) else None
-            starts_article = (
-                nxt is None or nxt.kind in ("byline", "subtitle") or bool(_BENBAOXUN.match(nxt.text))
-            )
-            if web_page:
-                if not draft.headings and not has_body:
-                    draft.headings = group[:1]
-                    draft.paragraphs.extend(group[1:])
-                else:
-                    draft.paragraphs.extend(group)
-            elif not has_body:
-                draft.headings.extend(group)
-            elif headlines_after:
-                strong = len(group) > 1 or len(blocks[i].lines) > 1
-                nxt_is_heading = nxt is not None and nxt.kind == "heading"
-                if len(group) > 1 and after_credit and not starts_article:
-                    # The credited item took the first headline; the next item on the
-                    # page is set title-first (``春泥护花`` then ``推进疫苗接种``).
-                    walker.close(group[:1])
-                    walker.draft.headings = group[1:]
-                elif strong or after_credit or starts_article or nxt_is_heading:
-                    walker.close(group)
-                else:
-                    draft.paragraphs.extend(group)
+        if self.web_page:
+            if not draft.headings and not has_body:
+                draft.headings = group[:1]
+                draft.paragraphs.extend(group[1:])
             else:
-                picture_gap = block.gap_before >= 2 or blocks[end - 1].gap_after >= 2
-                if not bylined or starts_article or after_credit or picture_gap:
-                    walker.close()
-                    walker.draft.headings = group
-                else:
-                    draft.paragraphs.extend(group)
-            i = end
-            continue
+                draft.paragraphs.extend(group)
+        elif not has_body:
+            draft.headings.extend(group)
+        elif self.headlines_after:
+            strong = len(group) > 1 or len(blocks[i].lines) > 1
+            nxt_is_heading = nxt is not None and nxt.kind == "heading"
+            if len(group) > 1 and after_credit and not starts_article:
+                # The credited item took the first headline; the next item on the
+                # page is set title-first (``春泥护花`` then ``推进疫苗接种``).
+                self.walker.close(group[:1])
+                self.walker.draft.headings = group[1:]
+            elif strong or after_credit or starts_article or nxt_is_heading:
+                self.walker.close(group)
+            else:
+                draft.paragraphs.extend(group)
+        else:
+            picture_gap = blocks[i].gap_before >= 2 or blocks[end - 1].gap_after >= 2
+            if not self.bylined or starts_article or after_credit or picture_gap:
+                self.walker.close()
+                self.walker.draft.headings = group
+            else:
+                draft.paragraphs.extend(group)
+        return end
 
+    def _other(self, block: _Block, after_credit: bool) -> None:
+        """A subtitle, byline, credit or body block."""
+        draft = self.walker.draft
+        has_body = bool(draft.paragraphs)
         if block.kind == "subtitle":
             draft.subtitle = block.text
         elif block.kind == "byline":
-            if has_body and not headlines_after:
+            if has_body and not self.headlines_after:
                 draft.byline = draft.byline or block.text
-                walker.close()
+                self.walker.close()
             else:
                 draft.byline = block.text
         elif block.kind == "credit":
@@ -434,20 +451,17 @@ def _segment(blocks: list[_Block], source: str, web_page: bool) -> list[Article]
                 if not block.text.startswith(("(图片", "（图片")):
                     draft.byline = draft.byline or block.text.strip("()（）")
                 # With headlines after the body, the title still follows the credit.
-                if not headlines_after:
-                    walker.close()
+                if not self.headlines_after:
+                    self.walker.close()
         else:
             new_article = has_body and (
                 bool(_BENBAOXUN.match(block.text))
-                or (block.gap_before >= 2 and not headlines_after)
-                or (after_credit and not headlines_after)
+                or (block.gap_before >= 2 and not self.headlines_after)
+                or (after_credit and not self.headlines_after)
             )
             if new_article:
-                walker.close()
-            walker.add_body(block)
-        i += 1
-    walker.close()
-    return walker.articles
+                self.walker.close()
+            self.walker.add_body(block)
 
 
 def parse_page(text: str, source: str) -> list[Article]:
@@ -455,16 +469,29 @@ def parse_page(text: str, source: str) -> list[Article]:
     blocks, web_page = _blocks(text)
     _classify(blocks, web_page)
     blocks = _merge_broken(blocks)
-    return _segment(blocks, source, web_page)
+    return _Segmenter(blocks, source, web_page).articles()
 
 
-def read_document(path: Path) -> list[Article]:
-    """Read and segment one ``.txt``/``.md`` file; raises ``IngestError`` naming the file."""
+def document_source(path: Path, docs_dir: Path | None = None) -> str:
+    """A document's identity: its path relative to ``docs_dir`` in posix form (``a/x.txt``).
+
+    The docs folder is walked recursively, so the base name alone would let ``a/x.txt`` and
+    ``b/x.txt`` overwrite each other; without ``docs_dir`` it is the base name.
+    """
+    return path.name if docs_dir is None else path.relative_to(docs_dir).as_posix()
+
+
+def read_document(path: Path, docs_dir: Path | None = None) -> list[Article]:
+    """Read and segment one ``.txt``/``.md`` file; raises ``IngestError`` naming the file.
+
+    The articles' ``source`` is :func:`document_source` of ``path`` in ``docs_dir``.
+    """
+    source = document_source(path, docs_dir)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise IngestError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    return parse_page(decode(data, path.name), path.name)
+    return parse_page(decode(data, source), source)
 
 
 def list_documents(docs_dir: Path) -> list[Path]:
@@ -488,7 +515,7 @@ def load_corpus(docs_dir: Path) -> list[Article]:
     """Every article of every document in ``docs_dir``; an empty corpus is an error."""
     articles: list[Article] = []
     for path in list_documents(docs_dir):
-        articles.extend(read_document(path))
+        articles.extend(read_document(path, docs_dir))
     if not articles:
         raise IngestError(f"no .txt or .md articles found in {docs_dir}; add documents or pass --docs DIR")
     return articles

@@ -11,6 +11,13 @@ a stream that stalls). Every request body is recorded in ``FakeLLM.requests``.
 
     with FakeLLM(lambda messages: "回答[1]。") as fake:
         settings = Settings(llm_base_url=fake.base_url, llm_model=fake.model)
+
+Streams can be paced: ``chunk_delay`` seconds between chunks, or, deterministically, a
+``gate``: after the first piece of text the stream waits until the test sets the event, so
+a test can check that the first piece reached its client while the rest was not yet
+generated. ``stream_log`` records what each stream sent, in order.
+
+:class:`LoopbackServer` runs any ASGI app the same way (the service under test, say).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -80,26 +87,21 @@ def last_user(messages: Messages) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
-@dataclass
-class FakeLLM:
-    """The server; a context manager that starts it on ``127.0.0.1`` on a free port."""
+class LoopbackServer:
+    """A real uvicorn server for ``app`` on ``127.0.0.1`` (a free port), in a daemon thread."""
 
-    script: Script = field(default=lambda messages: "好的[1]。")
-    model: str = "fake-qwen"
-    api_key: str = "test-key"
-    chunk_chars: int = 3
-    """How many characters of the reply each streamed chunk carries."""
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self, app: Any, lifespan: Literal["on", "off"] = "on", name: str = "loopback") -> None:
+        self.app = app
+        self.lifespan = lifespan
+        self.name = name
+        self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.port = 0
 
     @property
-    def base_url(self) -> str:
-        """What ``RAG_LLM_BASE_URL`` would be: ``http://127.0.0.1:<port>/v1``."""
-        return f"http://127.0.0.1:{self.port}/v1"
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Self:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -107,30 +109,74 @@ class FakeLLM:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._app(),
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=1,
+            self.app, log_level="warning", lifespan=self.lifespan, timeout_graceful_shutdown=1
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [sock]},
-            daemon=True,
-            name="fake-llm",
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name=self.name
         )
         self._thread.start()
-        deadline = time.monotonic() + 10
+        # Generous: the service's lifespan loads models; the fake LLM starts in milliseconds.
+        deadline = time.monotonic() + 180
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("fake LLM server did not start")
+                raise RuntimeError(f"{self.name} server did not start; see the log above")
             time.sleep(0.01)
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None and self._thread is not None
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=15)
+
+
+@dataclass
+class StreamLog:
+    """What one streamed reply sent: the text pieces so far, and whether it has ended."""
+
+    pieces: list[str] = field(default_factory=list)
+    finished: bool = False
+    gate_timed_out: bool = False
+
+
+@dataclass
+class FakeLLM:
+    """The server; a context manager that starts it on ``127.0.0.1`` on a free port."""
+
+    script: Script = field(default=lambda _messages: "好的[1]。")
+    model: str = "fake-qwen"
+    api_key: str = "test-key"
+    chunk_chars: int = 3
+    """How many characters of the reply each streamed chunk carries."""
+    chunk_delay: float = 0.0
+    """Seconds between two streamed chunks (a model that takes its time)."""
+    gate: threading.Event | None = None
+    """When set to an event: every stream waits for it after its first piece of text."""
+    gate_timeout: float = 60.0
+    """How long a stream waits at the gate before going on anyway (recorded in its log)."""
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    stream_log: list[StreamLog] = field(default_factory=list)
+    """One entry per streamed reply, in order."""
+
+    def __post_init__(self) -> None:
+        self._loopback = LoopbackServer(self._app(), lifespan="off", name="fake-llm")
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (0 until started)."""
+        return self._loopback.port
+
+    @property
+    def base_url(self) -> str:
+        """What ``RAG_LLM_BASE_URL`` would be: ``http://127.0.0.1:<port>/v1``."""
+        return f"{self._loopback.url}/v1"
+
+    def __enter__(self) -> Self:
+        self._loopback.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loopback.__exit__(*exc)
 
     # -- the HTTP side ------------------------------------------------------------------
 
@@ -214,14 +260,31 @@ class FakeLLM:
         }
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
+    async def _pace(self, index: int, log: StreamLog) -> None:
+        """Before text piece ``index``: wait at the gate (after the first piece) or the delay."""
+        if index == 0:
+            return
+        if index == 1 and self.gate is not None:
+            # In a worker thread: the event is set from the test's thread, not this loop.
+            log.gate_timed_out = not await asyncio.to_thread(self.gate.wait, self.gate_timeout)
+        elif self.chunk_delay:
+            await asyncio.sleep(self.chunk_delay)
+
     def _sse(self, text: str, stall_seconds: float = 0.0) -> StreamingResponse:
+        log = StreamLog()
+        self.stream_log.append(log)
+
         async def events() -> AsyncIterator[str]:
             yield self._chunk({"role": "assistant", "content": ""})
-            for i in range(0, len(text), self.chunk_chars):
-                yield self._chunk({"content": text[i : i + self.chunk_chars]})
+            pieces = [text[i : i + self.chunk_chars] for i in range(0, len(text), self.chunk_chars)]
+            for index, piece in enumerate(pieces):
+                await self._pace(index, log)
+                yield self._chunk({"content": piece})
+                log.pieces.append(piece)  # after the yield: Starlette has handed it to the socket
             if stall_seconds:
                 await asyncio.sleep(stall_seconds)
             yield self._chunk({}, finish="stop")
+            log.finished = True
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -13,10 +13,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from fake_llm import LoopbackServer
 from fastapi.testclient import TestClient
 
-from rag.api import CSP, create_app, safe_filename
+from rag.api import create_app
+from rag.api.schemas import MAX_HISTORY_MESSAGES
+from rag.api.security import CSP
+from rag.api.service import safe_filename
 from rag.embedding import Embedder
+from rag.errors import QuestionError
+from rag.models import NOT_FOUND
+from rag.retrieval import MAX_QUESTION_CHARS, check_question
 from rag.settings import Settings
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}  # conftest.API_ADMIN_TOKEN
@@ -77,12 +84,13 @@ def test_ask_answers_with_citations(client: httpx.Client) -> None:
         "answer",
         "answer_sentence",
         "abstained",
-        "mode",
+        "answer_mode",
         "citations",
         "warnings",
         "timings_ms",
     }
     assert body["question"] == "锦屏成立了什么联盟"
+    assert body["answer_mode"] == "extractive"  # no LLM configured
     assert not body["abstained"]
     assert "创新服务联盟" in body["answer"] + body["answer_sentence"]
     assert set(body["timings_ms"]) == {"retrieve", "answer", "total"}
@@ -99,17 +107,74 @@ def test_ask_answers_with_citations(client: httpx.Client) -> None:
     assert first["end"] - first["start"] == len(first["text"])
 
 
+FOLLOW_UP = "董事长是谁？"
+FOLLOW_UP_HISTORY = [
+    {"role": "user", "content": "恒锋工具位于哪里？"},
+    {"role": "assistant", "content": "海盐县武原街道。"},
+]
+CHAIRMAN = "陈尔容"  # 恒锋工具's: the corpus names other 董事长 too, so only the history says whose
+
+
 def test_ask_top_k_and_history(client: httpx.Client) -> None:
-    history = [
-        {
-            "role": "user",
-            "content": "锦屏成立“基层站所+商会企业”创新服务联盟时，是和哪个商会一起协商的？",
-        },
-        {"role": "assistant", "content": "大桥商会。"},
-    ]
-    r = client.post("/ask", json={"question": "那它的会长是谁？", "top_k": 3, "history": history})
+    # Alone, "董事长是谁" has several answers in the corpus, and it gets another one ...
+    alone = client.post("/ask", json={"question": FOLLOW_UP, "top_k": 3}).json()
+    assert not alone["abstained"] and CHAIRMAN not in alone["answer"]
+    # ... after a question about 恒锋工具 it gets 恒锋工具's: the history is read, not just accepted.
+    r = client.post("/ask", json={"question": FOLLOW_UP, "top_k": 3, "history": FOLLOW_UP_HISTORY})
     assert r.status_code == 200, r.text
-    assert len(r.json()["citations"]) <= 3
+    body = r.json()
+    assert 1 <= len(body["citations"]) <= 3
+    assert CHAIRMAN in body["answer"]
+    assert "恒锋工具" in body["citations"][0]["text"]
+
+
+def test_top_k_defaults_to_the_setting(client: httpx.Client, api_settings: Settings) -> None:
+    hits = client.get("/search", params={"q": "锦屏"}).json()["hits"]
+    assert len(hits) == api_settings.top_k
+    body = client.post("/ask", json={"question": "锦屏成立了什么联盟"}).json()
+    assert len(body["citations"]) == api_settings.top_k
+    explicit = client.post("/ask", json={"question": "锦屏成立了什么联盟", "top_k": None}).json()
+    assert len(explicit["citations"]) == api_settings.top_k
+
+
+def test_old_mode_field_still_works(client: httpx.Client) -> None:
+    for field in ("answer_mode", "mode"):
+        r = client.post("/ask", json={"question": "锦屏成立了什么联盟", field: "extractive"})
+        assert r.status_code == 200, r.text
+        assert r.json()["answer_mode"] == "extractive"
+
+
+def test_history_is_bounded_as_a_payload(client: httpx.Client) -> None:
+    turn = {"role": "user", "content": "锦屏"}
+    ok = client.post(
+        "/ask", json={"question": "锦屏成立了什么联盟", "history": [turn] * MAX_HISTORY_MESSAGES}
+    )
+    assert ok.status_code == 200, ok.text
+    r = client.post("/ask", json={"question": "锦屏", "history": [turn] * (MAX_HISTORY_MESSAGES + 1)})
+    assert r.status_code == 422
+    assert "history" in r.json()["message"]
+
+
+def library_message(question: str) -> str:
+    with pytest.raises(QuestionError) as info:
+        check_question(question)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "question", ["", "   \n\t ", "问" * (MAX_QUESTION_CHARS + 1), " " + "问" * (MAX_QUESTION_CHARS + 1)]
+)
+def test_question_errors_have_the_library_message(client: httpx.Client, question: str) -> None:
+    """One message per problem, whether pydantic or the library finds it."""
+    expected = library_message(question)
+    for path in ("/ask", "/ask/stream"):
+        r = client.post(path, json={"question": question})
+        assert r.status_code == 422, r.text
+        assert r.json()["message"] == f"question: {expected}"
+        assert r.json()["detail"][0]["msg"] == expected
+    r = client.get("/search", params={"q": question})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"] == f"q: {expected}"
 
 
 @pytest.mark.parametrize(
@@ -123,6 +188,7 @@ def test_ask_top_k_and_history(client: httpx.Client) -> None:
         ({"question": "锦屏", "top_k": 0}, 422, "top_k"),
         ({"question": "锦屏", "top_k": 21}, 422, "top_k"),
         ({"question": "锦屏", "top_k": "many"}, 422, "top_k"),
+        ({"question": "锦屏", "answer_mode": "magic"}, 422, "answer_mode"),
         ({"question": "锦屏", "mode": "magic"}, 422, "mode"),
         (
             {"question": "锦屏", "history": [{"role": "system", "content": "x"}]},
@@ -200,12 +266,13 @@ def test_32_concurrent_asks_all_succeed(live_server: str) -> None:
 # ---- /search, /documents, /healthz ---------------------------------------------------
 
 
+@pytest.mark.parametrize("param", ["retrieval_mode", "mode"])
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "bm25"])
-def test_search(client: httpx.Client, mode: str) -> None:
-    r = client.get("/search", params={"q": "锦屏 联盟", "k": 3, "mode": mode})
+def test_search(client: httpx.Client, mode: str, param: str) -> None:
+    r = client.get("/search", params={"q": "锦屏 联盟", "k": 3, param: mode})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["mode"] == mode
+    assert body["retrieval_mode"] == mode
     hits = body["hits"]
     assert 1 <= len(hits) <= 3
     assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
@@ -223,7 +290,15 @@ def test_search(client: httpx.Client, mode: str) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"q": ""}, {"q": "  "}, {"q": "锦屏", "k": 0}, {"q": "锦屏", "mode": "x"}, {}],
+    [
+        {"q": ""},
+        {"q": "  "},
+        {"q": "锦屏", "k": 0},
+        {"q": "锦屏", "k": 51},
+        {"q": "锦屏", "mode": "x"},
+        {"q": "锦屏", "retrieval_mode": "x"},
+        {},
+    ],
 )
 def test_search_rejects_bad_input(client: httpx.Client, params: dict) -> None:
     r = client.get("/search", params=params)
@@ -349,7 +424,8 @@ def test_page_has_no_inline_script_and_nothing_external(client: httpx.Client) ->
     assert tags.scripts and all(s.get("src", "").startswith("/static/") for s in tags.scripts)
     assert not tags.inline_script and not tags.handlers and not tags.styles
     assert "锦屏成立了什么联盟" in html
-    web = Path(__file__).resolve().parent.parent / "web"
+    web = Path(__file__).resolve().parent.parent / "rag" / "web"
+    assert (web / "static" / "app.js").is_file()
     for path in [*web.rglob("*.html"), *web.rglob("*.js"), *web.rglob("*.css")]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), path
@@ -359,6 +435,35 @@ def test_page_has_no_inline_script_and_nothing_external(client: httpx.Client) ->
 
 
 # ---- adding and removing documents ---------------------------------------------------
+
+
+class _AppConfig(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, str | None] = {}
+        self.maxlength: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "div" and a.get("id") == "app":
+            self.data = {k: v for k, v in a.items() if k.startswith("data-")}
+        if tag == "textarea" and a.get("id") == "question":
+            self.maxlength = a.get("maxlength")
+
+
+def test_page_gets_its_settings_from_the_server(client: httpx.Client, api_settings: Settings) -> None:
+    page = _AppConfig()
+    page.feed(client.get("/").text)
+    assert page.data == {
+        "data-not-found": NOT_FOUND,
+        "data-history-turns": str(api_settings.history_turns),
+        "data-top-k": str(api_settings.top_k),
+        "data-max-question-chars": str(MAX_QUESTION_CHARS),
+    }
+    assert page.maxlength == str(MAX_QUESTION_CHARS)
+    script = client.get("/static/app.js").text
+    assert NOT_FOUND not in script  # one source of truth: rag.models
+    assert "answer_mode" in script
 
 
 def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Settings) -> None:
@@ -549,6 +654,50 @@ def test_unexpected_errors_are_json_with_headers(
         assert "boom" not in r.text
         events = sse_events(c.post("/ask/stream", json={"question": "锦屏成立了什么联盟"}).text)
         assert events == [("error", {"detail": "internal error while answering; see the server log"})]
+
+
+def test_documents_in_subfolders_keep_their_own_identity(
+    settings: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    """``a/x.txt`` and ``b/x.txt`` are two documents: listed, read and deleted by their paths."""
+    from rag.index import build_index
+
+    docs = tmp_path / "docs"
+    (docs / "a").mkdir(parents=True)
+    (docs / "b").mkdir()
+    (docs / "a" / "x.txt").write_text(LIBRARY_DOC, encoding="utf-8")
+    (docs / "b" / "x.txt").write_text(XSS_DOC, encoding="utf-8")
+    two = settings.model_copy(update={"docs_dir": docs, "index_dir": tmp_path / "index", "admin_token": "t"})
+    build_index(two, embedder)
+    admin = {"Authorization": "Bearer t"}
+    with (
+        LoopbackServer(create_app(two, embedder=embedder)) as server,
+        httpx.Client(base_url=server.url, timeout=120) as c,
+    ):
+        listed = {d["source"]: d for d in c.get("/documents").json()}
+        assert set(listed) == {"a/x.txt", "b/x.txt"}
+        assert c.get("/healthz").json()["counts"]["documents"] == 2
+        b = c.get(f"/documents/{quote('b/x.txt#0', safe='')}").json()
+        assert b["source"] == "b/x.txt" and "紫藤湾" in b["text"]
+        answer = c.post("/ask", json={"question": LIBRARY_QUESTION}).json()
+        assert answer["citations"][0]["source"] == "a/x.txt"
+
+        # An upload named x.txt lands at the top: a third document, neither is replaced.
+        r = c.post(
+            "/documents", files={"file": ("x.txt", "# 顶层\n\n顶层文件的内容。".encode())}, headers=admin
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["source"] == "x.txt" and r.json()["replaced"] is False
+        assert {d["source"] for d in c.get("/documents").json()} == {"a/x.txt", "b/x.txt", "x.txt"}
+
+        deleted = c.delete("/documents/a/x.txt", headers=admin)
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["deleted"] == "a/x.txt"
+        assert deleted.json()["articles"] == ["a/x.txt#0"]
+        assert not (docs / "a" / "x.txt").exists()
+        assert (docs / "b" / "x.txt").is_file() and (docs / "x.txt").is_file()
+        assert {d["source"] for d in c.get("/documents").json()} == {"b/x.txt", "x.txt"}
+        assert c.delete("/documents/a/x.txt", headers=admin).status_code == 404
 
 
 def test_the_last_document_cannot_be_deleted(settings: Settings, embedder: Embedder, tmp_path: Path) -> None:

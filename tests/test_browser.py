@@ -18,6 +18,9 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
+from rag.models import NOT_FOUND  # noqa: E402
+from rag.settings import Settings  # noqa: E402
+
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 PAGE_000 = "000_ed8d00c7a0348028.txt"
@@ -248,28 +251,107 @@ def test_unreachable_server_and_nothing_found(watched: Watched) -> None:
     page.screenshot(path=SHOTS / "unreachable.png")
     page.unroute("**/ask/stream")
 
-    # An abstention from the server (its exact wording comes from rag.answer.NOT_FOUND).
-    from rag.answer import NOT_FOUND
+    # An abstention from the server (its exact wording comes from rag.models.NOT_FOUND).
+    final = answer_json("火星上有几个锦屏街道", NOT_FOUND, abstained=True)
+    page.route(
+        "**/ask/stream", lambda route: fulfil_sse(route, [("delta", {"text": NOT_FOUND}), ("answer", final)])
+    )
+    turn = ask(page, "火星上有几个锦屏街道")
+    expect(turn.locator(".msg.bot.notfound")).to_contain_text(NOT_FOUND)
 
-    final = {
-        "question": "火星上有几个锦屏街道",
-        "answer": NOT_FOUND,
+
+def answer_json(question: str, answer: str, abstained: bool = False, warnings: tuple[str, ...] = ()) -> dict:
+    """An /ask answer as the server sends it, for canned streams."""
+    return {
+        "question": question,
+        "answer": answer,
         "answer_sentence": "",
-        "abstained": True,
-        "mode": "extractive",
+        "abstained": abstained,
+        "answer_mode": "extractive",
         "citations": [],
-        "warnings": [],
+        "warnings": list(warnings),
         "timings_ms": {"retrieve": 1, "answer": 1, "total": 2},
     }
 
-    def abstain(route: Route) -> None:
-        body = f"event: delta\ndata: {json.dumps({'text': NOT_FOUND})}\n\n"
-        body += f"event: answer\ndata: {json.dumps(final)}\n\n"
-        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
 
-    page.route("**/ask/stream", abstain)
-    turn = ask(page, "火星上有几个锦屏街道")
-    expect(turn.locator(".msg.bot.notfound")).to_contain_text("资料中没有找到答案")
+def fulfil_sse(route: Route, events: list[tuple[str, dict]]) -> None:
+    body = "".join(
+        f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n" for name, data in events
+    )
+    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+
+RETRACTED = "这段由模型写的文字没有通过引用核对"
+REASON = "LLM answer was not supported by the passages; extractive answer"
+
+
+# Records, from the mutation records themselves, the texts a pending answer showed (those
+# still attached when the observer runs: a retraction re-renders the turn, so what it
+# withdrew stays in the detached answer) and every retraction notice. A canned stream
+# arrives in one piece, so the final DOM alone would not tell what was shown on the way.
+RETRACT_OBSERVER = """
+window.__texts = [];
+window.__notices = [];
+new MutationObserver((records) => {
+  for (const record of records) {
+    for (const node of record.addedNodes) {
+      const parent = node.parentElement;
+      const pending = parent && parent.matches('.msg.bot[data-status="pending"] .answer');
+      if (node.nodeType === Node.TEXT_NODE && pending) {
+        window.__texts.push(node.data);
+      }
+      if (node.nodeType === Node.ELEMENT_NODE) {
+        for (const hint of node.querySelectorAll('.msg.bot[data-status="pending"] .hint.retracted')) {
+          window.__notices.push(hint.textContent);
+        }
+      }
+    }
+  }
+}).observe(document.getElementById('messages'), {subtree: true, childList: true});
+"""
+
+
+def test_a_retraction_clears_the_streamed_text_and_warns(watched: Watched) -> None:
+    page = watched.page
+    final = answer_json("锦屏成立了什么联盟", "抽取式的答案", warnings=(REASON,))
+    events = [
+        ("delta", {"text": RETRACTED[:6]}),
+        ("delta", {"text": RETRACTED[6:]}),
+        ("retract", {"reason": REASON}),
+        ("delta", {"text": "抽取式的答案"}),
+        ("answer", final),
+    ]
+    page.route("**/ask/stream", lambda route: fulfil_sse(route, events))
+    page.evaluate(RETRACT_OBSERVER)
+    turn = ask(page, "锦屏成立了什么联盟")
+    texts = page.evaluate("window.__texts")
+    assert RETRACTED in texts  # it was shown while streaming ...
+    assert texts[-1] == "抽取式的答案"  # ... then cleared and replaced, not appended to
+    assert page.evaluate("window.__notices") == [REASON]  # the reason showed at once
+    expect(turn.locator(".answer")).to_have_text("抽取式的答案")
+    expect(turn.locator(".hint", has_text=REASON)).to_have_count(1)  # shown once
+    watched.check_clean()
+
+
+def test_the_page_sends_what_the_server_configures(watched: Watched, api_settings: Settings) -> None:
+    page = watched.page
+    sent: list[dict] = []
+
+    def canned(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        sent.append(body)
+        answer = f"第{len(sent)}个答案"
+        fulfil_sse(route, [("delta", {"text": answer}), ("answer", answer_json(body["question"], answer))])
+
+    page.route("**/ask/stream", canned)
+    for n in range(1, 6):
+        ask(page, f"第{n}个问题")
+    last = sent[-1]
+    assert last["top_k"] == api_settings.top_k
+    assert last["answer_mode"] == "auto"
+    # The last RAG_HISTORY_TURNS messages of the four finished turns (eight messages).
+    expected = [m for n in range(1, 5) for m in (("user", f"第{n}个问题"), ("assistant", f"第{n}个答案"))]
+    assert [(m["role"], m["content"]) for m in last["history"]] == expected[-api_settings.history_turns :]
 
 
 def ask_expecting(page: Page, question: str, status: str) -> Any:

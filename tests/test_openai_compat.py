@@ -8,7 +8,8 @@ from typing import Any
 import openai
 import pytest
 
-from rag.api import MODEL_ID, SOURCES_HEADING
+from rag.api.routes.openai import SOURCES_HEADING, chat_question
+from rag.api.schemas import MODEL_ID, ChatCompletionRequest
 
 PAGE_000 = "000_ed8d00c7a0348028.txt"
 QUESTION = "锦屏成立了什么联盟"
@@ -82,23 +83,46 @@ def test_chat_completion_stream_matches_the_plain_one(client: openai.OpenAI) -> 
     assert text == plain.choices[0].message.content
 
 
+CHAIRMAN = "陈尔容"  # 恒锋工具's 董事长: the corpus names others, only the history says whose
+
+
 def test_follow_up_uses_the_earlier_messages(client: openai.OpenAI) -> None:
+    follow_up: Any = {"role": "user", "content": [{"type": "text", "text": "董事长是谁？"}]}
+    alone = client.chat.completions.create(model=MODEL_ID, messages=[follow_up])
+    assert CHAIRMAN not in (alone.choices[0].message.content or "")
     completion = client.chat.completions.create(
         model=MODEL_ID,
         messages=[
-            {"role": "user", "content": "创新服务联盟是和哪个商会一起协商成立的？"},
-            {"role": "assistant", "content": "大桥商会。"},
-            {"role": "user", "content": [{"type": "text", "text": "那它的会长是谁？"}]},
+            {"role": "user", "content": "恒锋工具位于哪里？"},
+            {"role": "assistant", "content": "海盐县武原街道。"},
+            follow_up,
         ],
     )
-    assert completion.choices[0].message.content
-    assert extra(completion, "citations")
+    text = completion.choices[0].message.content or ""
+    assert CHAIRMAN in text.partition(SOURCES_HEADING)[0]
+    citations = extra(completion, "citations")
+    assert citations and "恒锋工具" in citations[0]["text"]
+    check_answer_text(text, citations)
+
+
+def test_top_k_and_answer_mode_extensions(client: openai.OpenAI) -> None:
+    for body in ({"top_k": 2, "rag_mode": "extractive"}, {"top_k": 2, "answer_mode": "extractive"}):
+        completion = client.chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": QUESTION}], extra_body=body
+        )
+        assert len(extra(completion, "citations")) == 2
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.chat.completions.create(
+            model=MODEL_ID, messages=[{"role": "user", "content": QUESTION}], extra_body={"rag_mode": "magic"}
+        )
+    assert "rag_mode" in str(info.value)
 
 
 def test_empty_question_is_a_clear_client_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "   "}])
     assert "question" in str(info.value)
+    assert "messages.0.content" in str(info.value)  # names the message
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "system", "content": "hi"}])
     assert "user" in str(info.value)
@@ -107,8 +131,6 @@ def test_empty_question_is_a_clear_client_error(client: openai.OpenAI) -> None:
 
 
 def test_history_drops_the_sources_list_of_earlier_replies() -> None:
-    from rag.api import ChatCompletionRequest, _chat_question
-
     body = ChatCompletionRequest.model_validate(
         {
             "messages": [
@@ -119,6 +141,6 @@ def test_history_drops_the_sources_list_of_earlier_replies() -> None:
             ]
         }
     )
-    question, history = _chat_question(body)
+    question, history = chat_question(body)
     assert question == "那它的会长是谁？"
     assert [(t.role, t.content) for t in history] == [("user", QUESTION), ("assistant", "创新服务联盟 [1]")]

@@ -5,9 +5,12 @@
 (() => {
   const STORE_KEY = "rag-zh.conversation.v1";
   const MAX_STORED_TURNS = 50;
-  const HISTORY_TURNS = 6; // earlier question/answer pairs sent with a follow-up
-  const TOP_K = 5;
-  const NOT_FOUND = "资料中没有找到答案";
+  // The server's settings, rendered into data attributes of #app (the CSP allows no inline
+  // script): the abstention text, how many earlier messages a follow-up is read with, top_k.
+  const config = document.getElementById("app").dataset;
+  const NOT_FOUND = config.notFound;
+  const HISTORY_TURNS = Number(config.historyTurns);
+  const TOP_K = Number(config.topK);
   const UNREACHABLE = "无法连接服务器，请确认服务正在运行后重试。";
   const INTERRUPTED = "回答中断了，请重试。";
 
@@ -204,6 +207,7 @@
       body.textContent = turn.answer || "";
       if (!turn.answer) body.append(el("span", "thinking", "正在查找资料…"));
       bot.append(body);
+      for (const reason of turn.retracted || []) bot.append(el("p", "hint retracted", reason));
       return bot;
     }
     if (turn.status === "error") {
@@ -327,8 +331,12 @@
     return { event, data: data.length ? JSON.parse(data.join("\n")) : null };
   }
 
-  /** POST /ask/stream: call onDelta with each piece of text; resolve to the final answer. */
-  async function streamAsk(body, onDelta) {
+  /**
+   * POST /ask/stream: call onDelta with each piece of text and onRetract(reason) when the text
+   * so far is withdrawn (an LLM answer that failed its citation check; a replacement follows);
+   * resolve to the final answer.
+   */
+  async function streamAsk(body, onDelta, onRetract) {
     const resp = await fetch("/ask/stream", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
@@ -349,6 +357,7 @@
         if (!frame.trim()) continue;
         const { event, data } = parseFrame(frame);
         if (event === "delta") onDelta(data.text || "");
+        else if (event === "retract") onRetract(data.reason || "");
         else if (event === "answer") return data;
         else if (event === "error") throw new ServerError(data.detail || INTERRUPTED);
       }
@@ -356,14 +365,14 @@
     throw new ServerError(INTERRUPTED);
   }
 
+  /** The last HISTORY_TURNS messages of the finished turns: what the server reads a follow-up with. */
   function history() {
-    const done = turns.filter((t) => t.status === "done").slice(-HISTORY_TURNS);
     const out = [];
-    for (const t of done) {
+    for (const t of turns.filter((turn) => turn.status === "done")) {
       out.push({ role: "user", content: t.question });
       out.push({ role: "assistant", content: t.answer });
     }
-    return out;
+    return HISTORY_TURNS > 0 ? out.slice(-HISTORY_TURNS) : [];
   }
 
   function setBusy(value) {
@@ -389,18 +398,28 @@
     rerender(turn);
     scrollToBottom();
     try {
-      const final = await streamAsk({ question, top_k: TOP_K, history: previous, mode: "auto" }, (text) => {
+      const body = { question, top_k: TOP_K, history: previous, answer_mode: "auto" };
+      const onDelta = (text) => {
         turn.answer += text;
         updateStreaming(turn);
-      });
+      };
+      const onRetract = (reason) => {
+        turn.answer = "";
+        turn.retracted = [...(turn.retracted || []), reason];
+        rerender(turn);
+      };
+      const final = await streamAsk(body, onDelta, onRetract);
+      const warnings = final.warnings || [];
       Object.assign(turn, {
         status: "done",
         answer: final.answer,
         abstained: Boolean(final.abstained),
         citations: final.citations || [],
-        warnings: final.warnings || [],
-        mode: final.mode,
+        // The retraction's reason stays visible, once (the answer usually repeats it).
+        warnings: [...(turn.retracted || []).filter((r) => r && !warnings.includes(r)), ...warnings],
+        answer_mode: final.answer_mode,
       });
+      delete turn.retracted;
     } catch (err) {
       turn.status = "error";
       turn.error = err instanceof ServerError ? err.message : UNREACHABLE;

@@ -1,0 +1,1 @@
+"""One ``APIRouter`` per resource: questions, documents, health, the OpenAI-compatible API, pages."""

@@ -1,0 +1,207 @@
+"""OpenAI-compatible endpoints: ``/v1/models`` and ``/v1/chat/completions`` (JSON or SSE).
+
+Any OpenAI client (the ``openai`` SDK, chat UIs that take a base URL) can ask the corpus:
+the last user message is the question, earlier user/assistant messages are the history.
+The reply carries [n] markers and ends with a 来源： list; the extension field
+``citations`` (in the final chunk when streaming) has the passages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+
+from rag.answer import Answerer
+from rag.api.deps import JSON_ERRORS, ServiceDep, require_json
+from rag.api.errors import one_line, question_error
+from rag.api.routes.questions import STREAM_FAILED, STREAM_HEADERS
+from rag.api.schemas import (
+    MODEL_ID,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    CitationOut,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from rag.api.service import Service
+from rag.errors import NotFoundError, QuestionError, RagError
+from rag.models import Answer, Retraction, Turn
+from rag.retrieval import check_question
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+SOURCES_HEADING = "来源："
+CONVERSATION_ROLES: dict[str, Literal["user", "assistant"]] = {"user": "user", "assistant": "assistant"}
+
+
+def sources_text(answer: Answer) -> str:
+    """The "来源：" list appended to chat answers: the cited sources, or all when none is marked."""
+    if answer.abstained or not answer.citations:
+        return ""
+    marked = {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)}
+    cited = [c for c in answer.citations if c.id in marked] or list(answer.citations)
+    lines = [f"[{c.id}] {c.chunk.title}（{c.chunk.source}）" for c in cited]
+    return f"\n\n{SOURCES_HEADING}\n" + "\n".join(lines)
+
+
+def retraction_text(reason: str) -> str:
+    """What a chat stream sends for a retraction: it cannot take text back, so it says why."""
+    return f"\n\n（{one_line(reason)}）\n\n"
+
+
+def chat_question(body: ChatCompletionRequest) -> tuple[str, tuple[Turn, ...]]:
+    """The last user message is the question; earlier user/assistant messages are the history.
+
+    An unusable question is a 422 naming the message (``messages.3.content``), with the
+    message of ``rag.retrieval.check_question``.
+    """
+    last = max((i for i, m in enumerate(body.messages) if m.role == "user"), default=None)
+    if last is None:
+        detail = {
+            "type": "value_error",
+            "loc": ("body", "messages"),
+            "msg": "there is no message with role user to answer",
+        }
+        raise RequestValidationError([detail])
+    question = body.messages[last].text()
+    try:
+        check_question(question)
+    except QuestionError as exc:
+        raise question_error(str(exc), loc=("body", "messages", last, "content")) from None
+    history: list[Turn] = []
+    for m in body.messages[:last]:
+        content = m.text()
+        if m.role == "assistant":  # our own earlier replies: drop the 来源 list we appended
+            content = content.split(f"\n\n{SOURCES_HEADING}\n", 1)[0]
+        role = CONVERSATION_ROLES.get(m.role)  # system and tool messages are no history
+        if role is not None and content.strip():
+            history.append(Turn(role=role, content=content))
+    return question, tuple(history)
+
+
+def model_card(service: Service) -> ModelCard:
+    """The one model, dated by the index build."""
+    built = service.engine.index.manifest.get("built_at")
+    created = 0
+    if isinstance(built, str):
+        try:
+            created = int(datetime.fromisoformat(built).timestamp())
+        except ValueError:
+            created = 0
+    return ModelCard(id=MODEL_ID, created=created, owned_by="rag-zh")
+
+
+@router.get("/models", response_model=ModelList)
+def models(service: ServiceDep) -> ModelList:
+    """The one model this server offers."""
+    return ModelList(data=[model_card(service)])
+
+
+@router.get("/models/{model_id}", response_model=ModelCard)
+def model(model_id: str, service: ServiceDep) -> ModelCard:
+    """The model, if ``model_id`` names it."""
+    if model_id != MODEL_ID:
+        raise NotFoundError(f"model {model_id!r} not found; this server offers {MODEL_ID}")
+    return model_card(service)
+
+
+class ChatStream:
+    """The ``chat.completion.chunk`` SSE stream of one answer, ending in ``data: [DONE]``."""
+
+    def __init__(self, answerer: Answerer, body: ChatCompletionRequest, question: str) -> None:
+        self.answerer = answerer
+        self.body = body
+        self.question = question
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        """One chunk as an SSE ``data:`` line."""
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def error(self, message: str) -> str:
+        """The error object OpenAI streams end with when the server fails midway."""
+        error = {"message": message, "type": "server_error", "param": None, "code": None}
+        return f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
+
+    def events(self, history: tuple[Turn, ...]) -> Iterator[str]:
+        """Role, content pieces as they are produced, the 来源 list, the citations; then [DONE]."""
+        yield self.chunk({"role": "assistant", "content": ""})
+        try:
+            yield from self._answer(history)
+        except RagError as exc:
+            yield self.error(one_line(str(exc)))
+        # The 200 is sent: any failure (a bug included) can only end the stream as an error chunk.
+        except Exception:
+            log.exception("chat completion for %r failed", self.question)
+            yield self.error(STREAM_FAILED)
+        yield "data: [DONE]\n\n"
+
+    def _answer(self, history: tuple[Turn, ...]) -> Iterator[str]:
+        final: Answer | None = None
+        for event in self.answerer.answer_stream(
+            self.question, top_k=self.body.top_k, history=history, answer_mode=self.body.rag_mode
+        ):
+            if isinstance(event, Answer):
+                final = event
+            elif isinstance(event, Retraction):
+                yield self.chunk({"content": retraction_text(event.reason)})
+            elif event:
+                yield self.chunk({"content": event})
+        if final is None:
+            raise RuntimeError("the answerer ended without an answer")
+        sources = sources_text(final)
+        if sources:
+            yield self.chunk({"content": sources})
+        citations = [CitationOut.from_citation(c).model_dump(mode="json") for c in final.citations]
+        yield self.chunk({}, "stop", citations=citations)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    dependencies=[Depends(require_json)],
+    responses={200: {"content": {"text/event-stream": {}}}, **JSON_ERRORS},
+)
+def chat_completions(body: ChatCompletionRequest, service: ServiceDep) -> Response | ChatCompletion:
+    """OpenAI chat completions over the corpus; ``stream: true`` streams as the answer is produced."""
+    question, history = chat_question(body)
+    answerer = service.engine.answerer
+    if body.stream:
+        stream = ChatStream(answerer, body, question)
+        return StreamingResponse(
+            stream.events(history), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
+    answer = answerer.answer(question, top_k=body.top_k, history=history, answer_mode=body.rag_mode)
+    message = ChatMessageOut(content=answer.answer + sources_text(answer))
+    return ChatCompletion(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        created=int(time.time()),
+        model=MODEL_ID,
+        choices=[ChatChoice(index=0, message=message, finish_reason="stop")],
+        usage=Usage(),
+        citations=[CitationOut.from_citation(c) for c in answer.citations],
+    )

@@ -1,0 +1,356 @@
+"""Request and response shapes of the HTTP API (they are the OpenAPI schema at ``/docs``).
+
+The conversions from the pipeline's dataclasses (``rag.models``) live beside the shapes,
+as ``from_*`` class methods, so a route never builds a response field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from rag.errors import QuestionError
+from rag.models import Answer, AnswerMode, Article, Citation, Hit, RequestedAnswerMode, Turn
+from rag.retrieval import MAX_QUESTION_CHARS, check_question
+from rag.settings import RetrievalMode
+
+MODEL_ID = "rag-zh"
+"""The model name the OpenAI-compatible endpoints answer to."""
+
+MAX_HISTORY_MESSAGES = 50
+"""Payload limit: the most earlier messages a request may carry (a bound on the body size).
+
+Not how many are used: the answerer reads the last ``Settings.history_turns`` of them.
+"""
+MAX_CHAT_MESSAGES = MAX_HISTORY_MESSAGES * 2 + 10
+"""Payload limit of ``/v1/chat/completions``: history, system messages and the question."""
+MAX_MESSAGE_CHARS = 20_000
+"""Payload limit on one earlier message."""
+MAX_TOP_K = 20
+"""The most passages one answer may retrieve and cite."""
+MAX_SEARCH_K = 50
+"""The most chunks one ``/search`` may return."""
+
+QUESTION_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": MAX_QUESTION_CHARS, "pattern": r"\S"}
+"""Documents the limits; :func:`valid_question` enforces them with the library's messages."""
+
+
+def valid_question(value: str) -> str:
+    """``rag.retrieval.check_question`` as a pydantic check: the same messages as the library's."""
+    try:
+        check_question(value)
+    except QuestionError as exc:
+        raise PydanticCustomError("value_error", str(exc)) from None
+    return value
+
+
+class HistoryTurn(BaseModel):
+    """One earlier message of the conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+
+
+class AskRequest(BaseModel):
+    """A question, with the conversation before it."""
+
+    question: str = Field(
+        description=f"The question, in Chinese (1..{MAX_QUESTION_CHARS} characters, not only whitespace).",
+        json_schema_extra=QUESTION_SCHEMA,
+        examples=["锦屏成立了什么联盟"],
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TOP_K,
+        description="How many passages to retrieve and cite (default: the server's RAG_TOP_K).",
+    )
+    history: list[HistoryTurn] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY_MESSAGES,
+        description=(
+            "Earlier messages of the conversation, oldest first (for follow-up questions); "
+            "the server reads the last RAG_HISTORY_TURNS of them."
+        ),
+    )
+    answer_mode: RequestedAnswerMode = Field(
+        "auto",
+        # ``mode`` was this field's name before answer and retrieval modes were told apart.
+        validation_alias=AliasChoices("answer_mode", "mode"),
+        description=(
+            "extractive: the span the trained reader finds in the passages; "
+            "llm: ask the configured LLM; auto: llm if one is configured. (Also accepted as `mode`.)"
+        ),
+    )
+
+    _check_question = field_validator("question")(valid_question)
+
+    def turns(self) -> tuple[Turn, ...]:
+        """The history as the answerer takes it."""
+        return tuple(Turn(role=t.role, content=t.content) for t in self.history)
+
+
+class CitationOut(BaseModel):
+    """A numbered passage behind the ``[n]`` markers of an answer."""
+
+    id: int = Field(description="The n of the [n] markers in the answer.")
+    article_id: str
+    source: str = Field(description="The document, as its path in the docs folder.")
+    title: str
+    text: str = Field(description="The cited passage.")
+    score: float
+    start: int = Field(description="Offset of the passage in its article's text.")
+    end: int
+    highlight: tuple[int, int] | None = Field(
+        None, description="Offsets of the supporting sentence inside `text`."
+    )
+
+    @classmethod
+    def from_citation(cls, c: Citation) -> CitationOut:
+        """The wire form of a pipeline citation."""
+        # The wire form is flat: the chunk's fields beside the citation's own.
+        return cls(id=c.id, score=c.score, highlight=c.highlight, **asdict(c.chunk))
+
+
+class Timings(BaseModel):
+    """Where the time of one answer went, in milliseconds."""
+
+    retrieve: float
+    answer: float
+    total: float
+
+
+class AskResponse(BaseModel):
+    """The answer to one question, with its citations."""
+
+    question: str
+    answer: str
+    answer_sentence: str
+    abstained: bool
+    answer_mode: AnswerMode = Field(description="Which answerer produced the answer.")
+    citations: list[CitationOut]
+    warnings: list[str]
+    timings_ms: Timings
+
+    @classmethod
+    def from_answer(cls, answer: Answer, total_ms: float) -> AskResponse:
+        """The wire form of an answer; ``total_ms`` when the answerer timed nothing."""
+        t = answer.timings_ms
+        return cls(
+            question=answer.question,
+            answer=answer.answer,
+            answer_sentence=answer.answer_sentence,
+            abstained=answer.abstained,
+            answer_mode=answer.answer_mode,
+            citations=[CitationOut.from_citation(c) for c in answer.citations],
+            warnings=list(answer.warnings),
+            timings_ms=Timings(
+                retrieve=float(t.get("retrieve", 0.0)),
+                answer=float(t.get("answer", 0.0)),
+                total=float(t.get("total", round(total_ms, 2))),
+            ),
+        )
+
+
+class SearchHitOut(BaseModel):
+    """One ranked chunk."""
+
+    rank: int
+    score: float
+    dense_score: float | None
+    bm25_score: float | None
+    chunk_id: str
+    article_id: str
+    source: str
+    title: str
+    text: str
+    start: int
+    end: int
+
+    @classmethod
+    def from_hit(cls, h: Hit) -> SearchHitOut:
+        """The wire form of a retrieved chunk."""
+        c = h.chunk
+        return cls(
+            rank=h.rank,
+            score=h.score,
+            dense_score=h.dense_score,
+            bm25_score=h.bm25_score,
+            chunk_id=c.id,
+            **asdict(c),
+        )
+
+
+class SearchResponse(BaseModel):
+    """The chunks that best match a query."""
+
+    query: str
+    retrieval_mode: RetrievalMode
+    hits: list[SearchHitOut]
+    timings_ms: dict[str, float]
+
+
+class DocumentSummary(BaseModel):
+    """One article of the index, without its text."""
+
+    id: str = Field(description="``source#position``.")
+    source: str = Field(description="The document, as its path in the docs folder (``a/x.txt``).")
+    title: str
+    position: int
+
+    @classmethod
+    def from_article(cls, article: Article) -> DocumentSummary:
+        """The summary of an indexed article."""
+        return cls(id=article.id, source=article.source, title=article.title, position=article.position)
+
+
+class DocumentOut(DocumentSummary):
+    """One cleaned article."""
+
+    kicker: str | None
+    subtitle: str | None
+    byline: str | None
+    text: str
+
+    @classmethod
+    def from_full_article(cls, article: Article) -> DocumentOut:
+        """The whole article."""
+        return cls(
+            **DocumentSummary.from_article(article).model_dump(),
+            kicker=article.kicker,
+            subtitle=article.subtitle,
+            byline=article.byline,
+            text=article.text,
+        )
+
+
+class HealthOut(BaseModel):
+    """Liveness and what is loaded."""
+
+    status: str
+    model: str
+    counts: dict[str, int]
+    built_at: str | None
+    uploads_enabled: bool
+
+
+class UploadResult(BaseModel):
+    """What an upload added."""
+
+    source: str = Field(description="The file name it was saved under in the docs folder.")
+    replaced: bool = Field(description="True when a file of that name was replaced.")
+    articles: list[DocumentSummary]
+    counts: dict[str, int]
+
+
+class DeleteResult(BaseModel):
+    """What a delete removed."""
+
+    deleted: str = Field(description="The source file that was removed.")
+    articles: list[str] = Field(description="Ids of the articles that went with it.")
+    counts: dict[str, int]
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: ``detail`` is a one-line message, or FastAPI's list for a 422."""
+
+    detail: Any
+    message: str = Field(description="The error on one line, naming the field or file.")
+
+
+# OpenAI-compatible shapes ---------------------------------------------------------------
+
+
+class ChatContentPart(BaseModel):
+    """One part of a message's content; only ``text`` parts are read."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    """A chat message as OpenAI clients send it."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[ChatContentPart] | None = None
+
+    def text(self) -> str:
+        """The message's text, its text parts joined."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI chat completions, plus the ``top_k`` and ``rag_mode`` extensions."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = MODEL_ID
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
+    stream: bool = False
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_TOP_K, description="Extension: passages to retrieve (default RAG_TOP_K)."
+    )
+    rag_mode: RequestedAnswerMode = Field(
+        "auto",
+        validation_alias=AliasChoices("rag_mode", "answer_mode"),
+        description="Extension: the answer mode, as `answer_mode` of /ask (also accepted as `answer_mode`).",
+    )
+
+
+class ChatMessageOut(BaseModel):
+    """The assistant's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    """The one choice of a completion."""
+
+    index: int
+    message: ChatMessageOut
+    finish_reason: str
+
+
+class Usage(BaseModel):
+    """Token counts; this server counts none."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletion(BaseModel):
+    """An OpenAI ``chat.completion`` with the ``citations`` extension."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    citations: list[CitationOut] = Field(description="Extension: the sources behind the [n] markers.")
+
+
+class ModelCard(BaseModel):
+    """An OpenAI model entry."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """The models this server offers."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
