@@ -62,7 +62,7 @@ def main() -> None:
             times = []
             for q in questions:
                 t = time.perf_counter()
-                retriever.search(q, k=10, mode=mode)  # type: ignore[arg-type]
+                retriever.search(q, k=10, retrieval_mode=mode)  # type: ignore[arg-type]
                 times.append((time.perf_counter() - t) * 1000)
             latency[mode] = times
         # The same hybrid search with questions embedded by torch instead of ONNX Runtime.
@@ -70,7 +70,7 @@ def main() -> None:
         times = []
         for q in questions:
             t = time.perf_counter()
-            retriever.search(q, k=10, mode="hybrid")
+            retriever.search(q, k=10, retrieval_mode="hybrid")
             times.append((time.perf_counter() - t) * 1000)
         latency["hybrid (torch questions)"] = times
         embedder.query_encoder = fast_encoder

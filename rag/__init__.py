@@ -1,0 +1,1 @@
+"""rag-zh: offline Chinese semantic search and question answering over news archives."""

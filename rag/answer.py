@@ -12,32 +12,36 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
 
-from rag.llm import LLMClient, LLMError, embedding_similarity, llm_answer, rewrite_question
-from rag.models import Answer, Citation, Hit
+from rag.llm import LLMClient, LLMError, build_messages, rewrite_question
+from rag.models import (
+    NOT_FOUND,
+    Answer,
+    AnswerMode,
+    Chunk,
+    Citation,
+    Hit,
+    RequestedAnswerMode,
+    Retraction,
+    Turn,
+)
 from rag.reader import Reader, load_settings_reader
 from rag.retrieval import MAX_QUESTION_CHARS, Retriever, check_question
 from rag.settings import Settings
-from rag.textnorm import fold, search_tokens
+from rag.textnorm import fold, search_tokens, sentence_spans
+from rag.verification import embedding_similarity, verify_citations
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = "资料中没有找到答案"
+__all__ = ["NOT_FOUND", "Answerer", "Passage", "retrieval_query", "sentence_around"]
 
-_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;]*[”’」』)]*")
+StreamEvent = str | Retraction | Answer
+"""What :meth:`Answerer.answer_stream` yields: text pieces, maybe a retraction, the answer last."""
 _BYLINE_QUESTION = re.compile(r"作者|通讯员|记者|署名|谁(?:写|拍|摄)|(?:拍|摄)的|拍摄|摄影")
 _BYLINE_ROLE = re.compile(r"本报|通讯员|记者|摄影|摄")
 MAX_BORROWED_TERMS = 24  # a question has far fewer key terms; a pasted text has thousands
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One previous turn of a conversation."""
-
-    role: str  # "user" | "assistant"
-    content: str
 
 
 @dataclass(frozen=True)
@@ -51,20 +55,14 @@ class Passage:
     """Offsets of ``text`` in its article."""
 
 
-def sentences(text: str) -> list[tuple[int, int]]:
-    """Sentence spans ``(start, end)`` of a passage, trailing quotes kept with their sentence."""
-    return [(m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.group().strip()]
-
-
-def retrieval_query(question: str, history: list[Turn] | None) -> str:
+def retrieval_query(question: str, history: Sequence[Turn]) -> str:
     """The text to retrieve with: a follow-up borrows the key terms of the previous question.
 
     ``那它的会长是谁？`` alone names nothing; after a question about 大桥商会 the
     previous question's terms say what "它" is. Whether a question is a follow-up is not
     guessed from pronouns (``是哪一年建的`` and ``到目前为止一共办了几场`` have none): the
-    terms are always borrowed for retrieval, while the supporting sentence is still chosen
-    by the question's own terms (:meth:`Answerer.extractive`). `rag eval`, 12 follow-up
-    pairs: hit@5 with history 0.917 -> 1.000, accuracy 0.667 -> 0.750 (0.750 without history).
+    terms are always borrowed for retrieval, while the reader reads the passages with the
+    question as asked (measured: eval/README.md, "Tuning history").
     """
     if not history:
         return question
@@ -84,96 +82,177 @@ def retrieval_query(question: str, history: list[Turn] | None) -> str:
     return " ".join([question, *borrowed])
 
 
-class Answerer:
-    """Turns a question into an ``Answer``: retrieval, then the extractive (or LLM) answer."""
+@dataclass(frozen=True)
+class _Draft:
+    """An answer before it is timed and warned about: what each answering path returns."""
 
-    def __init__(self, retriever: Retriever, settings: Settings, reader: Reader | None = None) -> None:
+    answer: str
+    answer_sentence: str
+    abstained: bool
+    citations: tuple[Citation, ...]
+    answer_mode: AnswerMode = "extractive"
+    warnings: tuple[str, ...] = ()
+
+
+class Answerer:
+    """Turns a question into an ``Answer``: retrieval, then the extractive (or LLM) answer.
+
+    ``llm`` is the service's client, shared by the answerers it builds; without one, an
+    answerer makes (and closes, see :meth:`close`) its own when ``settings`` configure one.
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        settings: Settings,
+        reader: Reader | None = None,
+        llm: LLMClient | None = None,
+    ) -> None:
         self.retriever = retriever
         self.settings = settings
         self.reader = reader if reader is not None else load_settings_reader(settings)
-        self.llm = LLMClient(settings) if LLMClient.configured(settings) else None
+        self._owns_llm = llm is None and LLMClient.configured(settings)
+        self.llm = LLMClient(settings) if self._owns_llm else llm
+
+    def close(self) -> None:
+        """Close the LLM client if this answerer made it."""
+        if self._owns_llm and self.llm is not None:
+            self.llm.close()
 
     def answer(
         self,
         question: str,
-        top_k: int = 5,
-        history: list[Turn] | None = None,
-        mode: str = "auto",
+        *,
+        top_k: int | None = None,
+        history: Sequence[Turn] = (),
+        answer_mode: RequestedAnswerMode = "auto",
     ) -> Answer:
         """The answer with its citations; ``abstained`` when no passage supports one."""
-        result: Answer | None = None
-        for event in self.answer_stream(question, top_k=top_k, history=history, mode=mode):
-            if isinstance(event, Answer):
-                result = event
-        assert result is not None
-        return result
+        events = self.answer_stream(question, top_k=top_k, history=history, answer_mode=answer_mode)
+        result = [e for e in events if isinstance(e, Answer)]
+        return result[-1]
 
     def answer_stream(
         self,
         question: str,
-        top_k: int = 5,
-        history: list[Turn] | None = None,
-        mode: str = "auto",
-    ) -> Iterator[str | Answer]:
-        """Yield pieces of the answer text as they are ready, then the complete ``Answer``."""
+        *,
+        top_k: int | None = None,
+        history: Sequence[Turn] = (),
+        answer_mode: RequestedAnswerMode = "auto",
+    ) -> Iterator[StreamEvent]:
+        """Yield the answer text as it is produced, then the complete ``Answer``.
+
+        An LLM's text streams as the model writes it; if it then fails its citation check
+        (or the model fails midway), a ``Retraction`` says to drop what was shown and the
+        extractive answer follows. An extractive answer arrives as one piece.
+        ``top_k`` defaults to ``settings.top_k``.
+        """
         question = check_question(question)
         started = time.perf_counter()
         warnings: list[str] = []
-        use_llm = mode == "llm" or (mode == "auto" and self.llm is not None)
-        if mode == "llm" and self.llm is None:
+        llm = self._llm_for(answer_mode, warnings)
+        query = self._query(question, history, llm, warnings)
+        hits = self.retriever.search(query, k=top_k or self.settings.top_k)
+        retrieved = time.perf_counter()
+        draft = self.extractive(question, hits)
+        if llm is not None and hits:
+            draft = yield from self._llm_draft(llm, question, history, draft, warnings)
+        else:
+            yield draft.answer
+        done = time.perf_counter()
+        yield Answer(
+            question=question,
+            answer=draft.answer,
+            answer_sentence=draft.answer_sentence,
+            abstained=draft.abstained,
+            answer_mode=draft.answer_mode,
+            citations=draft.citations,
+            warnings=(*warnings, *draft.warnings),
+            timings_ms={
+                "retrieve": round((retrieved - started) * 1000, 2),
+                "answer": round((done - retrieved) * 1000, 2),
+                "total": round((done - started) * 1000, 2),
+            },
+        )
+
+    def _llm_for(self, answer_mode: RequestedAnswerMode, warnings: list[str]) -> LLMClient | None:
+        """The client to answer with, or None for the extractive answer."""
+        if answer_mode == "extractive":
+            return None
+        if answer_mode == "llm" and self.llm is None:
             warnings.append(
                 "LLM mode requested but RAG_LLM_BASE_URL/RAG_LLM_MODEL are not set; extractive answer"
             )
-            use_llm = False
-        query = retrieval_query(question, history)
-        if use_llm and history and self.llm is not None:
+        return self.llm
+
+    def _query(
+        self, question: str, history: Sequence[Turn], llm: LLMClient | None, warnings: list[str]
+    ) -> str:
+        """What to retrieve with: the LLM's standalone rewrite of a follow-up, else borrowed terms."""
+        if llm is not None and history:
             try:
-                query = rewrite_question(self.llm, question, history)
+                return rewrite_question(llm, question, history, max_turns=self.settings.history_turns)
             except LLMError as exc:
                 warnings.append(
                     f"LLM could not rewrite the follow-up, used the previous question's terms: {exc}"
                 )
-        hits = self.retriever.search(query, k=top_k)
-        retrieved = time.perf_counter()
-        answer = self.extractive(question, hits)
-        if use_llm and self.llm is not None and hits:
-            # The LLM's text is streamed only once verified: a failure midway falls back cleanly.
-            try:
-                verified = llm_answer(
-                    self.llm,
-                    question,
-                    answer.citations,
-                    history=history,
-                    similarity=embedding_similarity(self.retriever.embedder),
-                )
-            except LLMError as exc:
-                warnings.append(f"LLM unavailable, extractive answer: {exc}")
-            else:
-                if verified.supported or verified.abstained:
-                    cited = [c for c in answer.citations if c.id in verified.cited_ids] or answer.citations
-                    answer = Answer(
-                        question,
-                        verified.text,
-                        answer.answer_sentence,
-                        verified.abstained,
-                        "llm",
-                        cited,
-                        list(verified.warnings),
-                    )
-                else:
-                    warnings.extend(verified.warnings)
-                    warnings.append("LLM answer was not supported by the passages; extractive answer")
-        done = time.perf_counter()
-        answer.warnings = warnings + answer.warnings
-        answer.timings_ms = {
-            "retrieve": round((retrieved - started) * 1000, 2),
-            "answer": round((done - retrieved) * 1000, 2),
-            "total": round((done - started) * 1000, 2),
-        }
-        yield from re.findall(r".{1,8}", answer.answer, flags=re.S)
-        yield answer
+        return retrieval_query(question, history)
 
-    def extractive(self, question: str, hits: list[Hit]) -> Answer:
+    def _llm_draft(
+        self,
+        llm: LLMClient,
+        question: str,
+        history: Sequence[Turn],
+        extractive: _Draft,
+        warnings: list[str],
+    ) -> Generator[StreamEvent, None, _Draft]:
+        """Stream the LLM's answer from the extractive answer's passages, then verify it.
+
+        Returns the LLM's draft when its citations hold, else (after a ``Retraction`` if
+        text was shown) the extractive draft, streamed in its place.
+        """
+        messages = build_messages(
+            question, extractive.citations, history, max_turns=self.settings.history_turns
+        )
+        parts: list[str] = []
+        try:
+            for delta in llm.stream(messages):
+                parts.append(delta)
+                yield delta
+        except LLMError as exc:
+            return (
+                yield from self._fall_back(
+                    extractive, parts, f"LLM unavailable, extractive answer: {exc}", warnings
+                )
+            )
+        similarity = embedding_similarity(self.retriever.embedder)
+        verified = verify_citations("".join(parts), extractive.citations, similarity)
+        if not (verified.supported or verified.abstained):
+            warnings.extend(verified.warnings)
+            reason = "LLM answer was not supported by the passages; extractive answer"
+            return (yield from self._fall_back(extractive, parts, reason, warnings))
+        cited = tuple(c for c in extractive.citations if c.id in verified.cited_ids)
+        return _Draft(
+            answer=verified.text,
+            answer_sentence=extractive.answer_sentence,
+            abstained=verified.abstained,
+            citations=cited or extractive.citations,
+            answer_mode="llm",
+            warnings=tuple(verified.warnings),
+        )
+
+    @staticmethod
+    def _fall_back(
+        extractive: _Draft, streamed: list[str], reason: str, warnings: list[str]
+    ) -> Generator[StreamEvent, None, _Draft]:
+        """Replace what the LLM streamed with the extractive answer, saying why."""
+        warnings.append(reason)
+        if streamed:
+            yield Retraction(reason)
+        yield extractive.answer
+        return extractive
+
+    def extractive(self, question: str, hits: list[Hit]) -> _Draft:
         """The offline answer: a byline for who-wrote questions, else the reader's span."""
         return self._byline_answer(question, hits) or self.read(question, hits)
 
@@ -194,7 +273,7 @@ class Answerer:
             out.append(Passage(i, article.text[start:end], start, end))
         return out
 
-    def read(self, question: str, hits: list[Hit]) -> Answer:
+    def read(self, question: str, hits: list[Hit]) -> _Draft:
         """The reader's answer: the best span over the top passages, or "not found".
 
         Each passage's best span is scored by its margin over the reader's no-answer score,
@@ -208,21 +287,16 @@ class Answerer:
         best = max(readings, key=lambda r: r.margin + weight / (r.passage + 1), default=None)
         if best is None or best.margin < self.settings.reader_margin:
             # The nearest passages are still shown, with nothing highlighted: nothing answers.
-            return Answer(question, NOT_FOUND, "", True, "extractive", self._citations(hits, first=None))
+            return _Draft(NOT_FOUND, "", True, _citations(hits, first=None))
         passage = passages[best.passage]
+        chunk = hits[best.passage].chunk
+        read = Chunk(chunk.article_id, chunk.source, chunk.title, passage.text, passage.start, passage.end)
+        first = Citation(1, read, hits[best.passage].score, highlight=(best.start, best.end))
+        citations = (first, *_citations(hits, first=best.passage)[1:])
         span = passage.text[best.start : best.end].strip()
-        citations = self._citations(hits, first=best.passage)
-        citations[0] = replace(
-            citations[0],
-            text=passage.text,
-            start=passage.start,
-            end=passage.end,
-            highlight=(best.start, best.end),
-        )
-        sentence = sentence_around(passage.text, best.start, best.end)
-        return Answer(question, f"{span} [1]", sentence, False, "extractive", citations)
+        return _Draft(f"{span} [1]", sentence_around(passage.text, best.start, best.end), False, citations)
 
-    def _byline_answer(self, question: str, hits: list[Hit]) -> Answer | None:
+    def _byline_answer(self, question: str, hits: list[Hit]) -> _Draft | None:
         """Who wrote or photographed it: bylines are article metadata, not passage text.
 
         Only for an article the question is about (half of its other terms in the article):
@@ -241,33 +315,22 @@ class Answerer:
                 continue
             names = _BYLINE_ROLE.sub("", article.byline).strip()
             sentence = f"{article.title}（{article.byline}）"
-            return Answer(question, f"{names} [1]", sentence, False, "extractive", self._citations(hits, i))
+            return _Draft(f"{names} [1]", sentence, False, _citations(hits, i))
         return None
 
-    def _citations(self, hits: list[Hit], first: int | None) -> list[Citation]:
-        """Citations numbered from 1 in retrieval order, the passage holding the answer first."""
-        order = list(range(len(hits)))
-        if first is not None:
-            order.remove(first)
-            order.insert(0, first)
-        return [
-            Citation(
-                id=n,
-                article_id=hits[i].chunk.article_id,
-                source=hits[i].chunk.source,
-                title=hits[i].chunk.title,
-                text=hits[i].chunk.text,
-                score=hits[i].score,
-                start=hits[i].chunk.start,
-                end=hits[i].chunk.end,
-            )
-            for n, i in enumerate(order, start=1)
-        ]
+
+def _citations(hits: list[Hit], first: int | None) -> tuple[Citation, ...]:
+    """Citations numbered from 1 in retrieval order, the passage holding the answer first."""
+    order = list(range(len(hits)))
+    if first is not None:
+        order.remove(first)
+        order.insert(0, first)
+    return tuple(Citation(n, hits[i].chunk, hits[i].score) for n, i in enumerate(order, start=1))
 
 
 def sentence_around(text: str, start: int, end: int) -> str:
     """The sentence(s) of ``text`` that hold ``text[start:end]``."""
-    spans = sentences(text) or [(0, len(text))]
+    spans = sentence_spans(text, clauses=True) or [(0, len(text))]
     lo = next((a for a, b in spans if a <= start < b), spans[0][0])
     hi = next((b for a, b in spans if a < end <= b), spans[-1][1])
     return text[lo : max(lo, hi)].strip()

@@ -9,12 +9,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from rag.errors import RagError
+from rag.models import RequestedAnswerMode
 from rag.settings import RetrievalMode, Settings
+
+if TYPE_CHECKING:
+    from rag.reader_training import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Offline Chinese news search and QA.")
 log = logging.getLogger("rag")
@@ -50,11 +54,18 @@ def make_settings(docs: Path | None = None, index: Path | None = None, **overrid
 
 
 def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON, Chinese unescaped."""
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False) -> None:
+    """Offline Chinese news search and QA."""
+    # Before any command imports torch: passive OpenMP waiting, so torch's idle threads
+    # don't spin on the cores the web server or another build needs (see configure_runtime).
+    from rag.embedding import configure_runtime
+
+    configure_runtime()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -87,8 +98,10 @@ def build(docs: DocsOpt = None, index: IndexOpt = None) -> None:
     """Build or update the index (only new and changed files are embedded)."""
     from rag.embedding import load_embedder
     from rag.index import build_index
+    from rag.ingest import list_documents
 
     settings = make_settings(docs, index)
+    list_documents(settings.docs_dir)  # a missing docs folder fails now, not after the model loads
     stats = build_index(settings, load_embedder(settings), show_progress=sys.stderr.isatty())
     speed = f", {stats.tokens_per_second:.0f} tokens/s" if stats.embedded else ", nothing to embed"
     typer.echo(
@@ -101,8 +114,15 @@ def build(docs: DocsOpt = None, index: IndexOpt = None) -> None:
 @user_errors
 def search(
     question: str,
-    k: Annotated[int, typer.Option("--k", min=1, max=100, help="How many chunks.")] = 5,
-    mode: Annotated[RetrievalMode | None, typer.Option("--mode", help="hybrid, dense or bm25.")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, max=100, help="How many chunks [default: RAG_TOP_K].")
+    ] = None,
+    retrieval_mode: Annotated[
+        RetrievalMode | None,
+        typer.Option(
+            "--retrieval-mode", "--mode", help="hybrid, dense or bm25 [default: RAG_RETRIEVAL_MODE]."
+        ),
+    ] = None,
     index: IndexOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -111,7 +131,7 @@ def search(
 
     check_question(question)
     settings = make_settings(index=index)
-    hits = Retriever.open(settings).search(question, k=k, mode=mode)
+    hits = Retriever.open(settings).search(question, k=k, retrieval_mode=retrieval_mode)
     rows = [
         {
             "rank": h.rank,
@@ -137,7 +157,13 @@ def search(
 @user_errors
 def ask(
     question: str,
-    k: Annotated[int, typer.Option("--k", min=1, max=20, help="Passages to consider.")] = 5,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, max=20, help="Passages to consider [default: RAG_TOP_K].")
+    ] = None,
+    answer_mode: Annotated[
+        RequestedAnswerMode,
+        typer.Option("--answer-mode", help="auto (the LLM when configured), extractive or llm."),
+    ] = "auto",
     index: IndexOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -147,146 +173,189 @@ def ask(
 
     check_question(question)
     settings = make_settings(index=index)
-    answer = Answerer(Retriever.open(settings), settings).answer(question, top_k=k)
+    answerer = Answerer(Retriever.open(settings), settings)
+    try:
+        answer = answerer.answer(question, top_k=k, answer_mode=answer_mode)
+    finally:
+        answerer.close()
     if as_json:
         emit_json(asdict(answer))
         return
     typer.echo(answer.answer)
     for c in answer.citations:
-        typer.echo(f"[{c.id}] {c.title} ({c.source})\n    {c.text}")
+        typer.echo(f"[{c.id}] {c.chunk.title} ({c.chunk.source})\n    {c.chunk.text}")
+
+
+# The options of `rag eval` and `rag train-reader`, one alias each so that the commands
+# read as what they do.
+SetsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--set", help="JSONL question set (repeatable); default eval/questions.jsonl."),
+]
+SquadOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--squad", help="SQuAD-format file (repeatable), as given or under the bench dir."),
+]
+BenchOpt = Annotated[
+    bool, typer.Option("--bench", help="Also run the external sets (CMRC 2018 trial, DRCD dev).")
+]
+BenchDirOpt = Annotated[
+    Path | None, typer.Option("--bench-dir", envvar="RAG_EVAL_BENCH_DIR", help="Default ../shared/bench.")
+]
+EvalCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--eval-cache", envvar="RAG_EVAL_CACHE_DIR", help="Eval index cache; default <cache>/eval-index."
+    ),
+]
+CiOpt = Annotated[
+    bool, typer.Option("--ci/--no-ci", envvar="CI", help="With --gate, a missing external set is an error.")
+]
+ModesOpt = Annotated[str, typer.Option("--mode", help="hybrid, dense, bm25 or all.")]
+GateOpt = Annotated[
+    bool, typer.Option("--gate", help="CI run: seed + external sets; exit 1 below eval/thresholds.toml.")
+]
+ThresholdsOpt = Annotated[Path | None, typer.Option("--thresholds", help="Gate thresholds file.")]
+ReportsOpt = Annotated[Path | None, typer.Option("--out", help="Reports folder; default eval/reports.")]
+NoAnswersOpt = Annotated[bool, typer.Option("--no-answers", help="Retrieval only.")]
+SkipAnswersOpt = Annotated[
+    list[str] | None, typer.Option("--skip-answers", help="Set whose answers to skip, e.g. drcd.")
+]
+LimitOpt = Annotated[
+    list[str] | None,
+    typer.Option("--limit", help="N or NAME=N: first N questions (JSONL) or paragraphs (SQuAD)."),
+]
+SimplifiedOpt = Annotated[
+    bool | None, typer.Option("--simplified/--no-simplified", help="Also ask SQuAD questions in simplified.")
+]
+NoTitleOpt = Annotated[bool, typer.Option("--no-title", help="Skip the title-context comparison.")]
 
 
 @app.command("eval")
 @user_errors
 def eval_(
-    sets: Annotated[
-        list[Path] | None,
-        typer.Option("--set", help="JSONL question set (repeatable); default eval/questions.jsonl."),
-    ] = None,
-    squad: Annotated[
-        list[Path] | None,
-        typer.Option("--squad", help="SQuAD-format file (repeatable), as given or under the bench dir."),
-    ] = None,
-    bench: Annotated[
-        bool, typer.Option("--bench", help="Also run the external sets (CMRC 2018 trial, DRCD dev).")
-    ] = False,
-    bench_dir: Annotated[
-        Path | None,
-        typer.Option("--bench-dir", envvar="RAG_EVAL_BENCH_DIR", help="Default ../shared/bench."),
-    ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense, bm25 or all.")] = "all",
-    gate: Annotated[
-        bool,
-        typer.Option("--gate", help="CI run: seed + external sets; exit 1 below eval/thresholds.toml."),
-    ] = False,
-    thresholds: Annotated[Path | None, typer.Option("--thresholds", help="Gate thresholds file.")] = None,
+    sets: SetsOpt = None,
+    squad: SquadOpt = None,
+    bench: BenchOpt = False,
+    bench_dir: BenchDirOpt = None,
+    eval_cache: EvalCacheOpt = None,
+    ci: CiOpt = False,
+    mode: ModesOpt = "all",
+    gate: GateOpt = False,
+    thresholds: ThresholdsOpt = None,
     as_json: JsonOpt = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Reports folder; default eval/reports.")] = None,
-    no_answers: Annotated[bool, typer.Option("--no-answers", help="Retrieval only.")] = False,
-    skip_answers: Annotated[
-        list[str] | None, typer.Option("--skip-answers", help="Set whose answers to skip, e.g. drcd.")
-    ] = None,
-    limit: Annotated[
-        list[str] | None,
-        typer.Option("--limit", help="N or NAME=N: first N questions (JSONL) or paragraphs (SQuAD)."),
-    ] = None,
-    simplified: Annotated[
-        bool | None,
-        typer.Option("--simplified/--no-simplified", help="Also ask SQuAD questions in simplified."),
-    ] = None,
-    no_title: Annotated[bool, typer.Option("--no-title", help="Skip the title-context comparison.")] = False,
+    out: ReportsOpt = None,
+    no_answers: NoAnswersOpt = False,
+    skip_answers: SkipAnswersOpt = None,
+    limit: LimitOpt = None,
+    simplified: SimplifiedOpt = None,
+    no_title: NoTitleOpt = False,
     docs: DocsOpt = None,
 ) -> None:
     """Measure retrieval and answers on question sets, write reports, optionally gate on thresholds."""
+    import shutil
 
-    from rag import evaluate as ev
+    from rich.console import Console
 
-    logging.getLogger("rag.evaluate").setLevel(logging.INFO)
-    cmd = ev.EvalCommand(
+    from rag.evaluation.command import DEFAULT_REPORTS, EvalCommand, run_command
+    from rag.evaluation.gate import DEFAULT_THRESHOLDS
+    from rag.evaluation.render import terminal_summary
+    from rag.evaluation.sets import DEFAULT_BENCH_DIR
+
+    logging.getLogger("rag.evaluation").setLevel(logging.INFO)
+    cmd = EvalCommand(
         sets=sets or [],
         squad=squad or [],
         bench=bench,
-        bench_dir=bench_dir,
+        bench_dir=bench_dir or DEFAULT_BENCH_DIR,
+        cache_root=eval_cache,
+        ci=ci,
         mode=mode,
         gate=gate,
-        thresholds=thresholds or ev.DEFAULT_THRESHOLDS,
-        as_json=as_json,
-        out=out,
+        thresholds=thresholds or DEFAULT_THRESHOLDS,
+        out=out or DEFAULT_REPORTS,
         answers=not no_answers,
         skip_answers=skip_answers or [],
         limits=limit or [],
         simplified=simplified,
         title_comparison=not no_title,
     )
-    report, verdict, target = ev.run_command(cmd, make_settings(docs))
+    result = run_command(cmd, make_settings(docs))
     if as_json:
-        emit_json(ev.summary(report, verdict))
+        emit_json(result.report.to_dict(result.gate))
     else:
-        ev.print_summary(report, verdict)
-    if target is not None:
-        typer.echo(f"reports: {target}", err=True)
-    for line in verdict[0] if verdict else []:
+        console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 110))
+        for item in terminal_summary(result.report, result.gate):
+            console.print(item)
+    typer.echo(f"reports: {result.target}", err=True)
+    for line in result.gate.failures if result.gate else []:
         typer.echo(f"gate: FAIL {line}", err=True)
-    if verdict and verdict[0]:
+    if result.gate is not None and not result.gate.passed:
         raise typer.Exit(1)
 
 
 TRAIN_SETS = ("train/cmrc2018_train.json", "train/DRCD_test.json", "train/xquad.zh.json")
 
+DataOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--data", help="SQuAD-format training file (repeatable); default the three bench train sets."
+    ),
+]
+RunOpt = Annotated[
+    Path, typer.Option("--out", help="Run folder: checkpoints, snapshots, the trained weights.")
+]
+EpochsOpt = Annotated[float, typer.Option("--epochs", min=0.01, help="Passes over the windows.")]
+MaxWindowsOpt = Annotated[int | None, typer.Option("--max-windows", min=1, help="Stop after N windows.")]
+LimitQuestionsOpt = Annotated[
+    int | None, typer.Option("--limit-questions", min=1, help="First N questions of each file.")
+]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (after 6% warm-up).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1)]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=64, max=512, help="Tokens per window.")]
+SeedOpt = Annotated[int, typer.Option("--seed")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Ignore a checkpoint in --out.")]
+InitOpt = Annotated[
+    Path | None,
+    typer.Option("--init", help="Start from these reader weights (e.g. rag/weights/reader.safetensors)."),
+]
+SnapshotOpt = Annotated[
+    int, typer.Option("--snapshot-every", min=1, help="Windows between learning-curve snapshots.")
+]
+EvalLimitOpt = Annotated[
+    int | None,
+    typer.Option("--eval-limit", min=0, help="CMRC trial paragraphs to score at the end (0: none)."),
+]
+
 
 @app.command("train-reader")
 @user_errors
 def train_reader(
-    data: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--data", help="SQuAD-format training file (repeatable); default the three bench train sets."
-        ),
-    ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Run folder: checkpoints, snapshots, the trained weights.")
-    ] = Path("reader-run"),
-    bench_dir: Annotated[
-        Path | None,
-        typer.Option("--bench-dir", envvar="RAG_EVAL_BENCH_DIR", help="Default ../shared/bench."),
-    ] = None,
-    epochs: Annotated[float, typer.Option("--epochs", min=0.01, help="Passes over the windows.")] = 1.0,
-    max_windows: Annotated[
-        int | None, typer.Option("--max-windows", min=1, help="Stop after N windows.")
-    ] = None,
-    limit_questions: Annotated[
-        int | None, typer.Option("--limit-questions", min=1, help="First N questions of each file.")
-    ] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (after 6% warm-up).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    max_length: Annotated[
-        int, typer.Option("--max-length", min=64, max=512, help="Tokens per window.")
-    ] = 256,
-    seed: Annotated[int, typer.Option("--seed")] = 13,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore a checkpoint in --out.")] = False,
-    init: Annotated[
-        Path | None,
-        typer.Option("--init", help="Start from these reader weights (e.g. rag/weights/reader.safetensors)."),
-    ] = None,
-    snapshot_every: Annotated[
-        int, typer.Option("--snapshot-every", min=1, help="Windows between learning-curve snapshots.")
-    ] = 2500,
-    eval_limit: Annotated[
-        int | None,
-        typer.Option("--eval-limit", min=0, help="CMRC trial paragraphs to score at the end (0: none)."),
-    ] = None,
+    data: DataOpt = None,
+    out: RunOpt = Path("reader-run"),
+    bench_dir: BenchDirOpt = None,
+    epochs: EpochsOpt = 1.0,
+    max_windows: MaxWindowsOpt = None,
+    limit_questions: LimitQuestionsOpt = None,
+    lr: LrOpt = 1e-4,
+    batch_size: BatchOpt = 16,
+    max_length: MaxLengthOpt = 256,
+    seed: SeedOpt = 13,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    fresh: FreshOpt = False,
+    init: InitOpt = None,
+    snapshot_every: SnapshotOpt = 2500,
+    eval_limit: EvalLimitOpt = None,
 ) -> None:
     """Fine-tune the span reader (resumes from a checkpoint in --out), then score it on CMRC trial."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rag.conversion import ensure_default_model
+    from rag.evaluation.sets import DEFAULT_BENCH_DIR
+    from rag.reader_training import TrainConfig
 
-    from rag.embedding import ensure_default_model
-    from rag.evaluate import resolve_bench_dir
-    from rag.reader import load_reader
-    from rag.reader_training import TrainConfig, evaluate_reader, train
-
-    bench = resolve_bench_dir(bench_dir)
+    bench = bench_dir or DEFAULT_BENCH_DIR
     files = data or [bench / name for name in TRAIN_SETS]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -310,6 +379,19 @@ def train_reader(
     )
     if fresh:
         (out / "checkpoint.pt").unlink(missing_ok=True)
+    weights = _train_with_progress(cfg)
+    typer.echo(f"trained weights: {weights} (manifest {weights.with_suffix('.json')})")
+    trial = bench / "cmrc2018" / "cmrc2018_trial.json"
+    if eval_limit != 0 and trial.is_file():
+        _score_on_trial(cfg, settings, weights, trial, eval_limit)
+
+
+def _train_with_progress(cfg: TrainConfig) -> Path:
+    """Train, with a progress bar on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rag.reader_training import train
+
     columns = (
         TextColumn("training"),
         BarColumn(),
@@ -323,13 +405,18 @@ def train_reader(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, loss=loss)
 
-        weights = train(cfg, progress=progress)
-    typer.echo(f"trained weights: {weights} (manifest {weights.with_suffix('.json')})")
-    trial = bench / "cmrc2018" / "cmrc2018_trial.json"
-    if eval_limit == 0 or not trial.is_file():
-        return
+        return train(cfg, progress=progress)
+
+
+def _score_on_trial(
+    cfg: TrainConfig, settings: Settings, weights: Path, trial: Path, limit: int | None
+) -> None:
+    """The trained reader's F1/EM on CMRC 2018 trial, each question with its gold paragraph."""
+    from rag.reader import load_reader
+    from rag.reader_training import evaluate_reader
+
     reader = load_reader(cfg.base_model_dir, settings.cache_dir, backend="torch", weights=weights)
-    score = evaluate_reader(reader, trial, eval_limit)
+    score = evaluate_reader(reader, trial, limit)
     typer.echo(
         f"CMRC 2018 trial, gold paragraph given: F1 {score.f1:.3f}, EM {score.em:.3f} "
         f"({score.questions} questions)"

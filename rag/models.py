@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+NOT_FOUND = "资料中没有找到答案"
+"""The answer text when no passage answers the question (extractive and LLM alike)."""
+
+AnswerMode = Literal["extractive", "llm"]
+"""Which answerer produced an ``Answer``."""
+
+RequestedAnswerMode = Literal["auto", "extractive", "llm"]
+"""What a caller asks for: ``auto`` uses the LLM when one is configured."""
 
 
 @dataclass(frozen=True)
@@ -10,7 +20,7 @@ class Article:
     """One cleaned article cut out of a source page."""
 
     source: str
-    """File name of the page it came from, e.g. ``000_ed8d00c7a0348028.txt``."""
+    """The page it came from, as a path relative to the docs folder, e.g. ``000_ed8d00c7a0348028.txt``."""
     position: int
     """0-based order of the article in its page."""
     title: str
@@ -26,6 +36,7 @@ class Article:
 
     @property
     def id(self) -> str:
+        """``<source>#<position>``: unique in an index, stable across rebuilds."""
         return f"{self.source}#{self.position}"
 
 
@@ -42,6 +53,7 @@ class Chunk:
 
     @property
     def id(self) -> str:
+        """``<article id>@<start>``: where the chunk begins in its article."""
         return f"{self.article_id}@{self.start}"
 
 
@@ -60,28 +72,42 @@ class Hit:
 
 @dataclass(frozen=True)
 class Citation:
-    """A passage that supports an answer; ``highlight`` spans the supporting sentence in ``text``."""
+    """A numbered passage that supports an answer.
+
+    ``chunk`` is the passage as read: a retrieved chunk, or the reader's window around it.
+    ``highlight`` is the ``(start, end)`` of the supporting span in ``chunk.text``.
+    """
 
     id: int
-    article_id: str
-    source: str
-    title: str
-    text: str
+    chunk: Chunk
     score: float
-    start: int
-    end: int
     highlight: tuple[int, int] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
+class Turn:
+    """One previous message of a conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """A streaming event: drop the answer text streamed so far; ``reason`` says why (one line)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Answer:
     """What the service answers to one question."""
 
     question: str
     answer: str
-    answer_sentence: str
-    abstained: bool
-    mode: str
-    citations: list[Citation] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    answer_sentence: str = ""
+    abstained: bool = False
+    answer_mode: AnswerMode = "extractive"
+    citations: tuple[Citation, ...] = ()
+    warnings: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)

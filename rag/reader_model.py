@@ -55,7 +55,8 @@ def new_reader(base_model_dir: Path) -> torch.nn.Module:
     torch.nn.init.normal_(model.qa.weight, std=0.02)
     torch.nn.init.zeros_(model.qa.bias)
     model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    return model
+    module: torch.nn.Module = model
+    return module
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

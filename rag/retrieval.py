@@ -74,11 +74,13 @@ class Retriever:
         top = top[scores[top] > 0]
         return Ranking(top.tolist(), scores[top].tolist())
 
-    def search(self, question: str, k: int | None = None, mode: RetrievalMode | None = None) -> list[Hit]:
-        """The ``k`` best chunks for ``question`` by ``mode`` (defaults from settings)."""
+    def search(
+        self, question: str, k: int | None = None, retrieval_mode: RetrievalMode | None = None
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``question`` by ``retrieval_mode`` (defaults from settings)."""
         question = check_question(question)
         k = k or self.settings.top_k
-        mode = mode or self.settings.mode
+        mode = retrieval_mode or self.settings.retrieval_mode
         depth = max(50, 4 * k)
         if mode == "bm25":
             ranking = self.bm25(question, k)

@@ -45,22 +45,19 @@ class Settings(BaseSettings):
         False, description="Prefix each chunk with its article title before embedding."
     )
 
-    # Chunking (characters)
-    # Characters. Swept with `rag eval` (seed + CMRC trial, hybrid) over 200/40 to 500/100:
-    # answer accuracy and F1 moved by under 0.01 on both sets, paragraph-level CMRC R@1 stayed
-    # 0.967-0.980; nothing beat 300/60 clearly, so it stays (table in the commit that added this).
-    chunk_size: int = 300
-    chunk_overlap: int = 60
+    # Chunking and fusion were chosen with `rag eval`; the measurements are in eval/README.md
+    # ("Tuning history").
+    chunk_size: int = Field(300, description="Characters per chunk.")
+    chunk_overlap: int = Field(60, description="Characters shared by neighbouring chunks.")
 
     # Retrieval
-    mode: RetrievalMode = "hybrid"
-    top_k: int = 5
-    # Chosen by `rag eval` on the seed set (250 answerable questions): RRF with k=60 and equal
-    # weights gave MRR@10 0.916; BM25 weighted 3 with k=10 gives 0.973 (BM25 alone 0.973,
-    # dense alone 0.868) and the best paraphrase MRR (0.920 vs 0.880 for BM25 alone).
-    rrf_k: int = 10
-    dense_weight: float = 1.0
-    bm25_weight: float = 3.0
+    retrieval_mode: RetrievalMode = Field(
+        "hybrid", description="hybrid (BM25 + dense, fused), dense or bm25."
+    )
+    top_k: int = Field(5, ge=1, le=20, description="Passages retrieved and cited per question.")
+    rrf_k: int = Field(10, description="Reciprocal rank fusion constant: weight / (rrf_k + rank).")
+    dense_weight: float = Field(1.0, description="Weight of the dense ranking in the fusion.")
+    bm25_weight: float = Field(3.0, description="Weight of the BM25 ranking in the fusion.")
     ann_threshold: int = Field(
         50_000, description="Chunk count from which FAISS uses HNSW instead of exact search."
     )
@@ -69,11 +66,6 @@ class Settings(BaseSettings):
     reader_backend: Literal["onnx", "onnx-int8", "torch", "torch-bf16"] = Field(
         "onnx", description="How the reader runs: ONNX Runtime fp32 or int8, torch fp32 or bf16."
     )
-    # `bench/reader_sweep.py` on the final weights (seed set): 3 passages abstain better than 5
-    # (near misses 0.533 vs 0.467 at margin -6) with the same F1 (0.797), at 3/5 of the cost.
-    # The margin: -6 keeps wrong abstentions at 4.8 % (<= 5 %): F1 0.797, accuracy 0.793,
-    # off-topic recall 0.95; -4: F1 0.776, 8.8 % wrong, near misses 0.633; 0: 0.689, 21 %, 0.867.
-    # CMRC trial (first 60 paragraphs): F1 0.612 at -3, 0.572 at 0. Rank weight 1 vs 0: identical.
     reader_passages: int = Field(3, description="How many retrieved passages the reader reads.")
     reader_context: int = Field(
         0, description="Characters of the article read on each side of a retrieved chunk."
@@ -84,6 +76,11 @@ class Settings(BaseSettings):
     )
     reader_rank_weight: float = Field(
         0.0, description="Weight of retrieval rank (1/rank) beside the reader's margin when choosing a span."
+    )
+
+    # Conversations
+    history_turns: int = Field(
+        6, ge=0, description="Previous messages (user or assistant) a follow-up is read with."
     )
 
     # Optional LLM (any OpenAI-compatible endpoint)

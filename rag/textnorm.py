@@ -46,7 +46,7 @@ def fold(text: str) -> str:
     Readers in Taiwan and Hong Kong ask in traditional characters; folding both the
     documents and the questions to simplified makes retrieval indifferent to it.
     """
-    return _t2s().convert(nfkc(text)).lower()
+    return str(_t2s().convert(nfkc(text))).lower()
 
 
 # Function words and question words: frequent in questions, useless as search terms.
@@ -66,3 +66,22 @@ def search_tokens(text: str) -> list[str]:
         for tok in jieba.cut_for_search(fold(text))
         if tok.strip() and tok not in STOPWORDS and not _PUNCT.match(tok)
     ]
+
+
+# Sentence ends, the clause ends that may also close an answer sentence, and the closing
+# quotes and brackets that stay with the sentence they end (``……联盟。”``).
+_ENDS = "。！？!?"
+_CLAUSE_ENDS = "；;"
+_CLOSERS = "”’」』）)"
+_SENTENCE = re.compile(rf"[^{_ENDS}\n]+[{_ENDS}]*[{_CLOSERS}]*")
+_CLAUSE = re.compile(rf"[^{_ENDS}{_CLAUSE_ENDS}\n]+[{_ENDS}{_CLAUSE_ENDS}]*[{_CLOSERS}]*")
+
+
+def sentence_spans(text: str, clauses: bool = False) -> list[tuple[int, int]]:
+    """``(start, end)`` of each non-blank sentence of ``text``; line breaks end sentences too.
+
+    With ``clauses``, ；and ; end a span as well: an extracted answer's supporting sentence
+    is the clause that holds it, while a generated answer is checked sentence by sentence.
+    """
+    pattern = _CLAUSE if clauses else _SENTENCE
+    return [(m.start(), m.end()) for m in pattern.finditer(text) if m.group().strip()]

@@ -1,22 +1,57 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, the test lanes and a clean environment for every test.
+
+Lanes: a test that needs the embedding model, the reader or a built index is ``slow``; one
+that needs a live HTTP server or a browser is ``integration``. Both are marked here from
+the fixtures a test uses (and by ``pytestmark`` in modules that load models themselves).
+``pytest`` alone runs the fast lane; ``make test`` (CI) runs everything with ``-m ""``.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rag.embedding import Embedder, load_embedder
+from rag.embedding import Embedder, configure_runtime, load_embedder
 from rag.settings import Settings
+
+# What the `rag` command does at start-up, before anything imports torch.
+configure_runtime()
 
 # The real per-user cache: the default model is converted once per machine, not per run.
 CACHE_DIR = Path.home() / ".cache" / "rag-zh"
 
+SLOW_FIXTURES = frozenset({"embedder", "seed_settings", "api_settings"})
+INTEGRATION_FIXTURES = frozenset({"live_server", "browser", "page"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its lane from the fixtures it needs (directly or through others)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if names & (SLOW_FIXTURES | INTEGRATION_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> Iterator[None]:
+    """No ``RAG_*`` variable of the developer's shell reaches a test (or its subprocesses).
+
+    Session-scoped and autouse, so it is in place before any other fixture builds Settings.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("RAG_")]:
+            mp.delenv(name)
+        yield
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """Settings with the real model cache (other fields from RAG_* or their defaults)."""
+    """Settings with the real model cache, every other field at its default."""
     return Settings(cache_dir=CACHE_DIR)
 
 

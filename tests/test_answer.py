@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from rag.answer import NOT_FOUND, Answerer
+from rag.answer import Answerer
 from rag.embedding import Embedder
 from rag.index import load_index
+from rag.models import NOT_FOUND, Turn
 from rag.retrieval import Retriever
 from rag.settings import Settings
 
@@ -32,11 +33,11 @@ def test_answer_is_the_span_inside_its_sentence_and_its_citation(answerer: Answe
     assert "基层站所+商会企业" in short and "创新服务联盟" in short
     assert len(short) < len(answer.answer_sentence) and short in answer.answer_sentence
     first = answer.citations[0]
-    assert first.source.startswith("000_")
+    assert first.chunk.source.startswith("000_")
     assert first.highlight is not None
     lo, hi = first.highlight
-    assert first.text[lo:hi].strip() == short, "the highlight covers the span in the cited passage"
-    assert answer.answer_sentence in first.text
+    assert first.chunk.text[lo:hi].strip() == short, "the highlight covers the span in the cited passage"
+    assert answer.answer_sentence in first.chunk.text
 
 
 @pytest.mark.parametrize(
@@ -80,19 +81,19 @@ def test_reader_windows_widen_the_chunk_inside_its_article(answerer: Answerer) -
 
 def test_follow_up_without_a_pronoun_retrieves_with_the_previous_question(answerer: Answerer) -> None:
     """``到目前为止一共办了几场`` names nothing: the previous question says what was held."""
-    from rag.answer import Turn
-
     history = [Turn("user", "海宁市首期“亲清下午茶”交流活动在哪里举行？"), Turn("assistant", "求是书院。")]
     evidence = "共主办3场茶话会活动"
     alone = answerer.answer("到目前为止一共办了几场？")
     followed = answerer.answer("到目前为止一共办了几场？", history=history)
-    assert not any(evidence in c.text for c in alone.citations), "the question alone finds other passages"
-    assert any(evidence in c.text for c in followed.citations)
+    assert not any(evidence in c.chunk.text for c in alone.citations), (
+        "the question alone finds other passages"
+    )
+    assert any(evidence in c.chunk.text for c in followed.citations)
 
 
 def test_follow_up_query_stays_within_the_question_limit() -> None:
     """A pasted article as the previous turn borrows a bounded number of terms."""
-    from rag.answer import MAX_BORROWED_TERMS, Turn, retrieval_query
+    from rag.answer import MAX_BORROWED_TERMS, retrieval_query
     from rag.retrieval import MAX_QUESTION_CHARS, check_question
     from rag.textnorm import search_tokens
 

@@ -19,6 +19,9 @@ import pytest
 from rag.reader import WEIGHTS_FILE, ReaderError, load_reader, read_manifest, sha256_file
 from rag.settings import Settings
 
+# Each test trains, exports or loads the reader: the slow lane.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "bench" / "train"
 TRAIN_FILES = [TRAIN / "cmrc2018_train.json", TRAIN / "DRCD_test.json", TRAIN / "xquad.zh.json"]
