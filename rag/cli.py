@@ -94,20 +94,30 @@ def chunks(docs: DocsOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @user_errors
-def build(docs: DocsOpt = None, index: IndexOpt = None) -> None:
-    """Build or update the index (only new and changed files are embedded)."""
+def build(
+    docs: DocsOpt = None,
+    index: IndexOpt = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first unreadable file instead of skipping it.")
+    ] = False,
+) -> None:
+    """Build or update the index (only new and changed files are embedded; bad files are skipped)."""
     from rag.embedding import load_embedder
     from rag.index import build_index
     from rag.ingest import list_documents
 
     settings = make_settings(docs, index)
     list_documents(settings.docs_dir)  # a missing docs folder fails now, not after the model loads
-    stats = build_index(settings, load_embedder(settings), show_progress=sys.stderr.isatty())
+    stats = build_index(settings, load_embedder(settings), show_progress=sys.stderr.isatty(), strict=strict)
     speed = f", {stats.tokens_per_second:.0f} tokens/s" if stats.embedded else ", nothing to embed"
     typer.echo(
         f"{stats.documents} documents, {stats.articles} articles, {stats.chunks} chunks "
         f"({stats.embedded} embedded, {stats.reused} reused) in {stats.seconds:.1f} s{speed}"
     )
+    if stats.skipped:
+        typer.echo(f"跳过 {len(stats.skipped)} 个文件（未建索引）：")
+        for item in stats.skipped:
+            typer.echo(f"  {item.source}：{item.reason}")
 
 
 @app.command()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -38,8 +39,15 @@ import numpy.typing as npt
 from rag.chunking import chunk_articles
 from rag.embedding import Embedder
 from rag.errors import IndexError_
-from rag.ingest import document_source, list_documents, read_document
-from rag.models import Article, Chunk
+from rag.ingest import (
+    DocumentError,
+    document_source,
+    no_articles_message,
+    parse_document,
+    read_bytes,
+    scan_documents,
+)
+from rag.models import Article, Chunk, SkippedFile
 from rag.settings import Settings
 from rag.textnorm import fold, search_tokens
 
@@ -63,6 +71,8 @@ class BuildStats:
     tokens: int
     seconds: float
     embed_seconds: float
+    skipped: tuple[SkippedFile, ...] = ()
+    """Files of the docs folder that were not indexed, with why, sorted by source."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -182,29 +192,34 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _rebuild_command(settings: Settings) -> str:
-    return f"rag build --docs {settings.docs_dir} --index {settings.index_dir}"
+def _rebuild_command(settings: Settings, docs_dir: Path | str | None = None) -> str:
+    """The command that (re)builds this index: the user's own folders, quoted for a shell.
+
+    ``docs_dir`` (the folder a stale build was made from) wins over ``settings.docs_dir``.
+    """
+    docs = str(docs_dir or settings.docs_dir)
+    return f"rag build --docs {shlex.quote(docs)} --index {shlex.quote(str(settings.index_dir))}"
 
 
 def require_index(settings: Settings) -> Path:
     """The live build's folder; ``IndexError_`` naming the build command when there is none."""
     build = _current_build(settings.index_dir)
     if build is None:
-        raise IndexError_(f"no index in {settings.index_dir}; build it with: {_rebuild_command(settings)}")
+        raise IndexError_(f"{settings.index_dir} 中还没有索引；请先建立索引：{_rebuild_command(settings)}")
     return build
 
 
 def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
     """Load the live build, refusing one made with another model or other settings."""
     index_dir = settings.index_dir
-    rebuild = _rebuild_command(settings)
     build = require_index(settings)
     manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+    rebuild = _rebuild_command(settings, manifest.get("docs_dir"))
     expected = settings_fingerprint(settings, embedder)
     stale = [k for k, v in expected.items() if manifest.get("settings", {}).get(k) != v]
     if stale:
         raise IndexError_(
-            f"index in {index_dir} was built with other {', '.join(stale)}; rebuild it with: {rebuild}"
+            f"{index_dir} 中的索引是用不同的设置（{'、'.join(stale)}）建立的；请重建索引：{rebuild}"
         )
     articles = [Article(**row) for row in _read_jsonl(build / "articles.jsonl")]
     chunks = [Chunk(**row) for row in _read_jsonl(build / "chunks.jsonl")]
@@ -233,7 +248,7 @@ def _previous_vectors(index_dir: Path, expected: dict[str, Any]) -> dict[str, Fl
         keys = manifest["chunk_keys"]
         vectors = np.load(build / "vectors.npy")
     except (OSError, KeyError, ValueError):
-        log.warning("previous index in %s is unreadable; embedding everything again", build)
+        log.warning("上一次的索引 %s 无法读取；将重新计算全部向量", build)
         return {}
     return dict(zip(keys, vectors, strict=True))
 
@@ -253,18 +268,50 @@ class _BuildContent:
     vectors: Float32Array
     tokens: int
     """Tokens embedded by this build (not counting reused vectors)."""
+    skipped: list[SkippedFile]
+    """Files of the docs folder left out, with why."""
 
 
-def _read_docs(settings: Settings) -> tuple[list[Article], dict[str, str]]:
-    """The articles of ``settings.docs_dir`` and the sha256 of each file, by document source."""
+@dataclass
+class _Docs:
+    """What reading the docs folder gave: articles, per-file hashes and the files skipped."""
+
+    articles: list[Article]
+    files: dict[str, str]
+    """Document source -> sha256 of its bytes, for the files indexed."""
+    skipped: list[SkippedFile]
+
+
+def _read_docs(settings: Settings, strict: bool) -> _Docs:
+    """The articles of ``settings.docs_dir``, the sha256 of each file read, and the files skipped.
+
+    A file that cannot be read or decoded, or holds no article text, is skipped with its
+    reason (a warning is logged for each); ``strict`` raises on the first one instead.
+    Files of an unknown type are always only skipped.
+    """
+    docs_dir = settings.docs_dir
+    scan = scan_documents(docs_dir)
     files: dict[str, str] = {}
     articles: list[Article] = []
-    for path in list_documents(settings.docs_dir):
-        files[document_source(path, settings.docs_dir)] = _sha256(path.read_bytes())
-        articles.extend(read_document(path, settings.docs_dir))
+    skipped = list(scan.skipped)
+    for path in scan.paths:
+        source = document_source(path, docs_dir)
+        try:
+            data = read_bytes(path, source)
+            found = parse_document(data, source)
+        except DocumentError as exc:
+            if strict:
+                raise
+            skipped.append(SkippedFile(source, exc.reason))
+            continue
+        files[source] = _sha256(data)
+        articles.extend(found)
+    skipped.sort(key=lambda s: s.source)
+    for item in skipped:
+        log.warning("跳过 %s：%s", docs_dir / item.source, item.reason)
     if not articles:
-        raise IndexError_(f"no .txt or .md articles in {settings.docs_dir}; add documents or pass --docs DIR")
-    return articles, files
+        raise IndexError_(no_articles_message(docs_dir, skipped))
+    return _Docs(articles, files, skipped)
 
 
 def build_index(
@@ -272,16 +319,21 @@ def build_index(
     embedder: Embedder,
     articles: list[Article] | None = None,
     show_progress: bool = False,
+    strict: bool = False,
 ) -> BuildStats:
     """Build (or incrementally update) the index of ``settings.docs_dir`` into ``settings.index_dir``.
 
     ``articles`` replaces reading the docs folder (the eval indexes benchmark paragraphs).
     Only passages are embedded: a build never needs (or makes) the question encoder.
+    A document that cannot be used is skipped and listed (``BuildStats.skipped``, the
+    manifest's ``skipped``); ``strict`` raises ``IngestError`` on the first one instead.
     """
     started = time.perf_counter()
     files: dict[str, str] = {}
+    skipped: list[SkippedFile] = []
     if articles is None:
-        articles, files = _read_docs(settings)
+        docs = _read_docs(settings, strict)
+        articles, files, skipped = docs.articles, docs.files, docs.skipped
     chunks = chunk_articles(articles, settings.chunk_size, settings.chunk_overlap)
     expected = settings_fingerprint(settings, embedder)
 
@@ -299,7 +351,7 @@ def build_index(
     embed_seconds = time.perf_counter() - embed_started
     tokens = embedder.count_tokens(texts) if texts else 0
 
-    content = _BuildContent(expected, files, articles, chunks, keys, vectors, tokens)
+    content = _BuildContent(expected, files, articles, chunks, keys, vectors, tokens, skipped)
     build = _write_build(settings, content)
     stats = BuildStats(
         documents=len(files) or len({a.source for a in articles}),
@@ -310,6 +362,7 @@ def build_index(
         tokens=tokens,
         seconds=time.perf_counter() - started,
         embed_seconds=embed_seconds,
+        skipped=tuple(skipped),
     )
     log.info("built %s: %s", build, stats)
     return stats
@@ -336,6 +389,7 @@ def _write_build(settings: Settings, content: _BuildContent) -> Path:
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "docs_dir": str(settings.docs_dir),
             "files": content.files,
+            "skipped": [asdict(item) for item in content.skipped],
             "counts": {
                 "documents": len(content.files),
                 "articles": len(content.articles),

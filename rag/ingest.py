@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import IngestError
-from rag.models import Article
+from rag.models import Article, SkippedFile
 from rag.textnorm import nfkc
 
 log = logging.getLogger(__name__)
 
 DOC_SUFFIXES = (".txt", ".md")
+EXAMPLES_FILE = "questions.txt"
+"""The example questions at the docs root: not a document, not listed as skipped."""
 
 _CJK = r"\u3400-\u9fff\uf900-\ufaff"
 _TERMINAL = "。！？!?…；;—"
@@ -77,12 +79,38 @@ class _Draft:
     paragraphs: list[str] = field(default_factory=list)
 
 
+class DocumentError(IngestError):
+    """One document cannot be used: ``source`` names it, ``reason`` says why (one Chinese line).
+
+    The message is ``<source>：<reason>``; a non-strict build lists ``reason`` as the file's
+    skip reason and indexes the rest.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}：{reason}")
+        self.source = source
+        self.reason = reason
+
+
+REASON_BINARY = "不是文本文件（含二进制内容）；请另存为 UTF-8 文本"
+REASON_EMPTY = "空文件"
+REASON_NO_TEXT = "没有可索引的正文；请确认文件里有新闻文字"
+
+
+def unsupported_reason(path: Path) -> str:
+    """Why a file of an unknown type is skipped, naming its suffix and the supported ones."""
+    suffix = path.suffix.lower()
+    kind = f"不支持的文件类型 {suffix}" if suffix else "不支持的文件类型（没有扩展名）"
+    return f"{kind}；支持 {'、'.join(DOC_SUFFIXES)}"
+
+
 def decode(data: bytes, name: str) -> str:
-    """Decode a document's bytes: UTF-8 (with or without BOM), else GB18030, else refuse."""
+    """Decode a document's bytes: UTF-8 (with or without BOM), else GB18030, else refuse.
+
+    Refusals are :class:`DocumentError` naming ``name``.
+    """
     if b"\x00" in data[:8192]:
-        raise IngestError(
-            f"{name}: looks like a binary file, not text; remove it or convert it to UTF-8 .txt"
-        )
+        raise DocumentError(name, REASON_BINARY)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -90,11 +118,11 @@ def decode(data: bytes, name: str) -> str:
     try:
         text = data.decode("gb18030")
     except UnicodeDecodeError:
-        raise IngestError(f"{name}: not UTF-8 or GB18030 text; re-save it as UTF-8") from None
+        raise DocumentError(name, "不是 UTF-8 或 GB18030 编码的文本；请另存为 UTF-8") from None
     cjk = len(re.findall(f"[{_CJK}]", text))
     if cjk < 0.3 * len(text.strip() or "x") * 0.5:
-        raise IngestError(f"{name}: not UTF-8, and not plausible GB18030 Chinese; re-save it as UTF-8")
-    log.warning("%s: decoded as GB18030; consider re-saving it as UTF-8", name)
+        raise DocumentError(name, "不是 UTF-8 编码，按 GB18030 解码也不像中文；请另存为 UTF-8")
+    log.warning("%s：按 GB18030 编码读取；建议另存为 UTF-8", name)
     return text
 
 
@@ -481,34 +509,98 @@ def document_source(path: Path, docs_dir: Path | None = None) -> str:
     return path.name if docs_dir is None else path.relative_to(docs_dir).as_posix()
 
 
+def read_bytes(path: Path, source: str) -> bytes:
+    """A document's bytes; :class:`DocumentError` naming it when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DocumentError(source, f"无法读取（{exc.strerror}）；请检查文件权限") from None
+
+
+def parse_document(data: bytes, source: str) -> list[Article]:
+    """Decode and segment one document; :class:`DocumentError` when it holds no article text.
+
+    Unlike :func:`read_document`, an empty file or one with no article text is an error:
+    the build lists it as skipped rather than indexing nothing from it silently.
+    """
+    if not data.strip():
+        raise DocumentError(source, REASON_EMPTY)
+    articles = parse_page(decode(data, source), source)
+    if not articles:
+        raise DocumentError(source, REASON_NO_TEXT)
+    return articles
+
+
 def read_document(path: Path, docs_dir: Path | None = None) -> list[Article]:
     """Read and segment one ``.txt``/``.md`` file; raises ``IngestError`` naming the file.
 
-    The articles' ``source`` is :func:`document_source` of ``path`` in ``docs_dir``.
+    The articles' ``source`` is :func:`document_source` of ``path`` in ``docs_dir``; an
+    empty page gives no articles.
     """
     source = document_source(path, docs_dir)
+    return parse_page(decode(read_bytes(path, source), source), source)
+
+
+@dataclass
+class DocumentScan:
+    """What a docs folder holds: the files to read, and those of a type that is not understood."""
+
+    paths: list[Path]
+    """``.txt``/``.md`` files, sorted (they may still fail to read: see :func:`parse_document`)."""
+    skipped: list[SkippedFile]
+    """Files of any other type, sorted by source, each with :func:`unsupported_reason`."""
+
+
+def _check_docs_dir(docs_dir: Path) -> None:
+    if docs_dir.is_file():
+        raise IngestError(
+            f"文档路径 {docs_dir} 是一个文件，不是文件夹；请改用它所在的文件夹：--docs {docs_dir.parent}"
+        )
+    if not docs_dir.is_dir():
+        raise IngestError(
+            f"文档文件夹 {docs_dir} 不存在；请用 --docs 指定存放 .txt/.md 文件的文件夹（或设置 RAG_DOCS_DIR）"
+        )
+
+
+def _is_document_candidate(path: Path, docs_dir: Path) -> bool:
+    """Neither hidden (a dot name anywhere below ``docs_dir``) nor the root ``questions.txt``."""
+    parts = path.relative_to(docs_dir).parts
+    if any(part.startswith(".") for part in parts):
+        return False
+    return parts != (EXAMPLES_FILE,)
+
+
+def scan_documents(docs_dir: Path) -> DocumentScan:
+    """Walk a docs folder: readable-type files to index and unknown-type files to list as skipped.
+
+    Hidden files (and files in hidden folders) and ``questions.txt`` at the root (the
+    example questions) are neither.
+    """
+    _check_docs_dir(docs_dir)
     try:
-        data = path.read_bytes()
+        files = sorted(p for p in docs_dir.rglob("*") if p.is_file() and _is_document_candidate(p, docs_dir))
     except OSError as exc:
-        raise IngestError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
-    return parse_page(decode(data, source), source)
+        raise IngestError(f"文档文件夹 {docs_dir} 无法读取（{exc.strerror}）；请检查它的权限") from None
+    paths = [p for p in files if p.suffix.lower() in DOC_SUFFIXES]
+    skipped = [
+        SkippedFile(document_source(p, docs_dir), unsupported_reason(p))
+        for p in files
+        if p.suffix.lower() not in DOC_SUFFIXES
+    ]
+    return DocumentScan(paths=paths, skipped=skipped)
 
 
 def list_documents(docs_dir: Path) -> list[Path]:
-    """The ``.txt``/``.md`` files of a docs folder, sorted; hidden files are skipped."""
-    if not docs_dir.is_dir():
-        raise IngestError(f"docs folder {docs_dir} does not exist; pass --docs DIR or set RAG_DOCS_DIR")
-    try:
-        paths = sorted(
-            p
-            for p in docs_dir.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in DOC_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(docs_dir).parts)
-        )
-    except OSError as exc:
-        raise IngestError(f"docs folder {docs_dir} cannot be read ({exc.strerror})") from None
-    return paths
+    """The ``.txt``/``.md`` files of a docs folder, sorted (:attr:`DocumentScan.paths`)."""
+    return scan_documents(docs_dir).paths
+
+
+def no_articles_message(docs_dir: Path, skipped: list[SkippedFile] | tuple[SkippedFile, ...] = ()) -> str:
+    """One line: ``docs_dir`` has nothing to index, the files skipped and why, and the fix."""
+    message = f"{docs_dir} 中没有可索引的 .txt 或 .md 文章；请放入文档，或用 --docs 指定其他文件夹"
+    if skipped:
+        message += "（已跳过：" + "；".join(f"{s.source}：{s.reason}" for s in skipped) + "）"
+    return message
 
 
 def load_corpus(docs_dir: Path) -> list[Article]:
@@ -517,5 +609,5 @@ def load_corpus(docs_dir: Path) -> list[Article]:
     for path in list_documents(docs_dir):
         articles.extend(read_document(path, docs_dir))
     if not articles:
-        raise IngestError(f"no .txt or .md articles found in {docs_dir}; add documents or pass --docs DIR")
+        raise IngestError(no_articles_message(docs_dir))
     return articles

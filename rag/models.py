@@ -111,3 +111,13 @@ class Answer:
     citations: tuple[Citation, ...] = ()
     warnings: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file of the docs folder that a build did not index, and why."""
+
+    source: str
+    """Its path relative to the docs folder (``rag.ingest.document_source``)."""
+    reason: str
+    """One Chinese line, e.g. ``空文件`` or ``不支持的文件类型 .png；支持 .txt、.md``."""

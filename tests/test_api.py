@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from bad_docs import BAD_REASONS, GOOD_NAME, GOOD_QUESTION, write_bad_docs
 from fake_llm import LoopbackServer
 from fastapi.testclient import TestClient
 
@@ -22,6 +23,8 @@ from rag.api.security import CSP
 from rag.api.service import safe_filename
 from rag.embedding import Embedder
 from rag.errors import QuestionError
+from rag.index import build_index
+from rag.ingest import document_source, list_documents
 from rag.models import NOT_FOUND
 from rag.retrieval import MAX_QUESTION_CHARS, check_question
 from rag.settings import Settings
@@ -305,11 +308,23 @@ def test_search_rejects_bad_input(client: httpx.Client, params: dict) -> None:
     assert r.status_code == 422, r.text
 
 
-def test_documents_list_and_read(client: httpx.Client) -> None:
+def test_documents_list_and_read(client: httpx.Client, api_settings: Settings) -> None:
     r = client.get("/documents")
     assert r.status_code == 200
-    docs = r.json()
+    listing = r.json()
+    assert set(listing) == {"files", "skipped", "articles", "counts"}
+    docs = listing["articles"]
     assert len(docs) > 5
+    files = {f["source"]: f for f in listing["files"]}
+    docs_dir = api_settings.docs_dir
+    assert set(files) == {document_source(p, docs_dir) for p in list_documents(docs_dir)}
+    assert PAGE_000 in files and listing["skipped"] == []
+    for f in files.values():
+        assert set(f) == {"source", "articles", "chunks"} and f["chunks"] >= f["articles"] >= 1
+    assert files[PAGE_000]["articles"] == sum(d["source"] == PAGE_000 for d in docs)
+    counts = listing["counts"]
+    assert counts["documents"] == len(files) and counts["articles"] == len(docs)
+    assert counts["chunks"] == sum(f["chunks"] for f in files.values())
     first = next(d for d in docs if d["id"] == f"{PAGE_000}#0")
     assert first == {
         "id": f"{PAGE_000}#0",
@@ -477,7 +492,7 @@ def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Sett
         answer = client.post("/ask", json={"question": LIBRARY_QUESTION}).json()
         assert answer["citations"][0]["source"] == "星光书屋.txt"
         assert "星光书屋" in answer["citations"][0]["text"]
-        assert any(d["source"] == "星光书屋.txt" for d in client.get("/documents").json())
+        assert any(d["source"] == "星光书屋.txt" for d in client.get("/documents").json()["articles"])
     finally:
         deleted = client.delete(f"/documents/{quote('星光书屋.txt#0', safe='')}", headers=ADMIN)
     assert deleted.status_code == 200, deleted.text
@@ -506,7 +521,9 @@ def test_upload_replaces_a_file_of_the_same_name(client: httpx.Client) -> None:
         )
         assert r.status_code == 201
         assert r.json()["replaced"] is True
-        titles = [d["title"] for d in client.get("/documents").json() if d["source"] == "replace_me.md"]
+        titles = [
+            d["title"] for d in client.get("/documents").json()["articles"] if d["source"] == "replace_me.md"
+        ]
         assert titles == ["修订标题"]
     finally:
         client.delete("/documents/replace_me.md", headers=ADMIN)
@@ -674,7 +691,7 @@ def test_documents_in_subfolders_keep_their_own_identity(
         LoopbackServer(create_app(two, embedder=embedder)) as server,
         httpx.Client(base_url=server.url, timeout=120) as c,
     ):
-        listed = {d["source"]: d for d in c.get("/documents").json()}
+        listed = {f["source"]: f for f in c.get("/documents").json()["files"]}
         assert set(listed) == {"a/x.txt", "b/x.txt"}
         assert c.get("/healthz").json()["counts"]["documents"] == 2
         b = c.get(f"/documents/{quote('b/x.txt#0', safe='')}").json()
@@ -688,7 +705,7 @@ def test_documents_in_subfolders_keep_their_own_identity(
         )
         assert r.status_code == 201, r.text
         assert r.json()["source"] == "x.txt" and r.json()["replaced"] is False
-        assert {d["source"] for d in c.get("/documents").json()} == {"a/x.txt", "b/x.txt", "x.txt"}
+        assert {f["source"] for f in c.get("/documents").json()["files"]} == {"a/x.txt", "b/x.txt", "x.txt"}
 
         deleted = c.delete("/documents/a/x.txt", headers=admin)
         assert deleted.status_code == 200, deleted.text
@@ -696,7 +713,7 @@ def test_documents_in_subfolders_keep_their_own_identity(
         assert deleted.json()["articles"] == ["a/x.txt#0"]
         assert not (docs / "a" / "x.txt").exists()
         assert (docs / "b" / "x.txt").is_file() and (docs / "x.txt").is_file()
-        assert {d["source"] for d in c.get("/documents").json()} == {"b/x.txt", "x.txt"}
+        assert {f["source"] for f in c.get("/documents").json()["files"]} == {"b/x.txt", "x.txt"}
         assert c.delete("/documents/a/x.txt", headers=admin).status_code == 404
 
 
@@ -713,3 +730,53 @@ def test_the_last_document_cannot_be_deleted(settings: Settings, embedder: Embed
         assert r.status_code == 409
         assert "last document" in r.json()["detail"]
     assert (docs / "only.txt").is_file()
+
+
+# ---- a docs folder with bad files: skipped, listed with why, the rest served -----------
+
+
+@pytest.fixture(scope="session")
+def bad_docs_server(
+    settings: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Settings]]:
+    """A live server over a good file, a binary renamed .md, a PNG and an empty file."""
+    root = tmp_path_factory.mktemp("bad-docs")
+    bad = settings.model_copy(
+        update={
+            "docs_dir": write_bad_docs(root / "docs"),
+            "index_dir": root / "index",
+            "admin_token": "bad-docs-token",
+        }
+    )
+    build_index(bad, embedder)  # what `rag serve` does first when there is no index
+    with LoopbackServer(create_app(bad, embedder=embedder), name="bad-docs") as server:
+        yield server.url, bad
+
+
+def test_documents_lists_the_skipped_files_with_why(bad_docs_server: tuple[str, Settings]) -> None:
+    url, bad = bad_docs_server
+    admin = {"Authorization": f"Bearer {bad.admin_token}"}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        listing = c.get("/documents").json()
+        assert listing["skipped"] == [{"source": n, "reason": BAD_REASONS[n]} for n in sorted(BAD_REASONS)]
+        assert [f["source"] for f in listing["files"]] == [GOOD_NAME]
+        assert {d["source"] for d in listing["articles"]} == {GOOD_NAME}
+        assert listing["counts"]["documents"] == 1
+        assert listing["files"][0]["articles"] == len(listing["articles"]) == listing["counts"]["articles"]
+        answer = c.post("/ask", json={"question": GOOD_QUESTION}).json()
+        assert answer["citations"][0]["source"] == GOOD_NAME
+
+        # A rebuild from the page (an upload) lists them again, from its own manifest.
+        r = c.post(
+            "/documents",
+            files={"file": ("more.txt", "# 新闻\n\n本报讯 某县博物馆新增展品三百件。".encode())},
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        after = c.get("/documents").json()
+        assert [f["source"] for f in after["files"]] == [GOOD_NAME, "more.txt"]
+        assert {s["source"] for s in after["skipped"]} == set(BAD_REASONS)
+        # A skipped .md can be deleted by its name, as a listed file; then it is no longer skipped.
+        assert c.delete("/documents/binary.md", headers=admin).status_code == 200
+        assert "binary.md" not in {s["source"] for s in c.get("/documents").json()["skipped"]}
+        assert not (bad.docs_dir / "binary.md").exists()

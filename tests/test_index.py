@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from bad_docs import BAD_REASONS, GOOD_NAME, GOOD_QUESTION, write_bad_docs
 
 from rag.embedding import Embedder, load_embedder
-from rag.errors import IndexError_, QuestionError
+from rag.errors import IndexError_, IngestError, QuestionError
 from rag.index import build_index, load_index
 from rag.onnx_query import onnx_path
 from rag.retrieval import Retriever
@@ -121,6 +123,86 @@ def test_incremental_rebuild_and_stale_settings(
     other = s.model_copy(update={"chunk_size": s.chunk_size + 50})
     with pytest.raises(IndexError_, match="chunk_size.*rag build"):
         load_index(other, embedder)
+
+
+def test_a_build_skips_bad_files_lists_every_one_and_indexes_the_rest(
+    embedder: Embedder, seed_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    docs = write_bad_docs(tmp_path / "docs")
+    s = seed_settings.model_copy(update={"docs_dir": docs, "index_dir": tmp_path / "index"})
+    with caplog.at_level(logging.WARNING, logger="rag.index"):
+        stats = build_index(s, embedder)
+    assert {f.source: f.reason for f in stats.skipped} == BAD_REASONS
+    assert [f.source for f in stats.skipped] == sorted(BAD_REASONS)
+    assert stats.documents == 1 and stats.chunks >= 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for name, reason in BAD_REASONS.items():
+        assert any(str(docs / name) in w and reason in w for w in warnings), (name, warnings)
+
+    index = load_index(s, embedder)
+    assert index.manifest["skipped"] == [{"source": n, "reason": BAD_REASONS[n]} for n in sorted(BAD_REASONS)]
+    assert set(index.manifest["files"]) == {GOOD_NAME} and index.manifest["counts"]["documents"] == 1
+    assert {c.source for c in index.chunks} == {GOOD_NAME}
+    hits = Retriever(index, embedder, s).search(GOOD_QUESTION, k=1)
+    assert hits[0].chunk.source == GOOD_NAME and "星光书屋" in hits[0].chunk.text
+
+    # Mended, the file is indexed on the next build and no longer listed.
+    (docs / "empty.txt").write_text("本报讯 某县博物馆新增展品三百件。", encoding="utf-8")
+    mended = build_index(s, embedder)
+    assert "empty.txt" not in {f.source for f in mended.skipped} and mended.documents == 2
+
+
+def test_a_strict_build_stops_at_the_first_bad_file_and_keeps_the_live_index(
+    embedder: Embedder, seed_settings: Settings, tmp_path: Path
+) -> None:
+    docs = write_bad_docs(tmp_path / "docs")
+    s = seed_settings.model_copy(update={"docs_dir": docs, "index_dir": tmp_path / "index"})
+    with pytest.raises(IngestError, match="^binary.md：不是文本文件"):  # the first in order
+        build_index(s, embedder, strict=True)
+    assert not (s.index_dir / "CURRENT").exists()
+    (docs / "binary.md").unlink()
+    with pytest.raises(IngestError, match="^empty.txt：空文件$"):
+        build_index(s, embedder, strict=True)
+    (docs / "empty.txt").unlink()
+    stats = build_index(s, embedder, strict=True)  # an unknown type is only listed, even when strict
+    assert [(f.source, f.reason) for f in stats.skipped] == [("photo.png", BAD_REASONS["photo.png"])]
+
+
+def test_nothing_readable_is_an_error_listing_every_skipped_file(
+    embedder: Embedder, seed_settings: Settings, tmp_path: Path
+) -> None:
+    docs = write_bad_docs(tmp_path / "docs")
+    (docs / GOOD_NAME).unlink()
+    s = seed_settings.model_copy(update={"docs_dir": docs, "index_dir": tmp_path / "index"})
+    with pytest.raises(IndexError_) as exc:
+        build_index(s, embedder)
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith(f"{docs} 中没有可索引的 .txt 或 .md 文章")
+    for name, reason in BAD_REASONS.items():
+        assert f"{name}：{reason}" in message
+    assert not (s.index_dir / "CURRENT").exists()
+
+
+def test_index_hints_name_the_users_own_folders(
+    embedder: Embedder, seed_settings: Settings, tmp_path: Path
+) -> None:
+    mine = seed_settings.model_copy(
+        update={"docs_dir": tmp_path / "我的 稿件", "index_dir": tmp_path / "my-index"}
+    )
+    with pytest.raises(IndexError_) as exc:
+        load_index(mine, embedder)
+    assert str(exc.value) == (
+        f"{tmp_path / 'my-index'} 中还没有索引；请先建立索引："
+        f"rag build --docs '{tmp_path / '我的 稿件'}' --index {tmp_path / 'my-index'}"
+    )
+    # A stale index suggests the folder it was built from, whatever --docs says now.
+    stale = seed_settings.model_copy(
+        update={"chunk_size": seed_settings.chunk_size + 50, "docs_dir": Path("x")}
+    )
+    with pytest.raises(IndexError_) as exc:
+        load_index(stale, embedder)
+    assert "chunk_size" in str(exc.value)
+    assert str(exc.value).endswith(f"rag build --docs {ROOT / 'seeds'} --index {seed_settings.index_dir}")
 
 
 def test_hnsw_past_the_threshold(embedder: Embedder, seed_settings: Settings, tmp_path: Path) -> None:
@@ -265,7 +347,10 @@ def test_cli_search_json(seed_settings: Settings) -> None:
         (["search", "  "], "question is empty"),
         (["ask", ""], "question is empty"),
         (["search", "问题", "--index", "/nonexistent/index"], "rag build"),
-        (["build", "--docs", "/nonexistent/docs", "--index", "/tmp/never"], "does not exist"),
+        (
+            ["build", "--docs", "/nonexistent/docs", "--index", "/tmp/never"],
+            "文档文件夹 /nonexistent/docs 不存在",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,17 @@ import pytest
 
 from rag.chunking import chunk_articles
 from rag.errors import IngestError
-from rag.ingest import decode, load_corpus, parse_page, read_document
+from rag.ingest import (
+    DocumentError,
+    decode,
+    list_documents,
+    load_corpus,
+    parse_document,
+    parse_page,
+    read_document,
+    scan_documents,
+)
+from rag.models import SkippedFile
 from rag.textnorm import squash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,17 +207,77 @@ def test_gb18030_is_detected_and_decoded(tmp_path: Path) -> None:
 
 
 def test_binary_and_undecodable_files_are_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(IngestError, match="photo.txt"):
+    with pytest.raises(
+        DocumentError, match="^photo.txt：不是文本文件（含二进制内容）；请另存为 UTF-8 文本$"
+    ) as png:
         decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00", "photo.txt")
-    with pytest.raises(IngestError, match="latin.txt"):
+    assert png.value.source == "photo.txt" and png.value.reason.startswith("不是文本文件")
+    with pytest.raises(DocumentError, match="^latin.txt：.*请另存为 UTF-8$"):
         decode(bytes(range(128, 256)) * 4, "latin.txt")
 
 
+def test_empty_files_and_files_without_text_are_errors_of_parse_document_only(tmp_path: Path) -> None:
+    for data in (b"", b"  \n\n\t\n"):
+        with pytest.raises(DocumentError, match="^empty.txt：空文件$"):
+            parse_document(data, "empty.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    assert read_document(tmp_path / "empty.txt", tmp_path) == []  # reading alone is not a verdict
+    (article,) = parse_document("本报讯 某县图书馆新增藏书五万册。".encode(), "ok.txt")
+    assert article.source == "ok.txt"
+
+
 def test_empty_or_missing_corpus_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(IngestError, match="no .txt or .md"):
+    empty = f"^{re.escape(str(tmp_path))} 中没有可索引的 .txt 或 .md 文章；.*--docs"
+    with pytest.raises(IngestError, match=empty):
         load_corpus(tmp_path)
-    with pytest.raises(IngestError, match="does not exist"):
-        load_corpus(tmp_path / "missing")
+    missing = tmp_path / "missing"
+    with pytest.raises(IngestError, match=f"^文档文件夹 {re.escape(str(missing))} 不存在；请用 --docs 指定"):
+        load_corpus(missing)
+
+
+def test_docs_pointing_at_a_file_names_its_folder(tmp_path: Path) -> None:
+    page = tmp_path / "page.txt"
+    page.write_text("本报讯 某县图书馆新增藏书五万册。", encoding="utf-8")
+    with pytest.raises(IngestError) as exc:
+        scan_documents(page)
+    message = str(exc.value)
+    assert "\n" not in message and "是一个文件，不是文件夹" in message
+    assert str(page) in message and message.endswith(f"--docs {tmp_path}")
+
+
+def test_scan_lists_documents_and_skips_unknown_types_hidden_files_and_the_examples(tmp_path: Path) -> None:
+    for name in [
+        "a.txt",
+        "b.MD",
+        "questions.txt",  # the example questions, at the root only
+        "sub/questions.txt",
+        "sub/c.md",
+        "photo.png",
+        "report.pdf",
+        "sub/notes.docx",
+        "README",
+        ".hidden.txt",
+        ".git/config",
+        ".upload-x/staged.txt",
+        "sub/.DS_Store",
+    ]:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    scan = scan_documents(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in scan.paths] == [
+        "a.txt",
+        "b.MD",
+        "sub/c.md",
+        "sub/questions.txt",
+    ]
+    assert list_documents(tmp_path) == scan.paths
+    assert scan.skipped == [
+        SkippedFile("README", "不支持的文件类型（没有扩展名）；支持 .txt、.md"),
+        SkippedFile("photo.png", "不支持的文件类型 .png；支持 .txt、.md"),
+        SkippedFile("report.pdf", "不支持的文件类型 .pdf；支持 .txt、.md"),
+        SkippedFile("sub/notes.docx", "不支持的文件类型 .docx；支持 .txt、.md"),
+    ]
 
 
 def _rag(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -229,7 +300,7 @@ def test_cli_chunks_json() -> None:
 def test_cli_bad_docs_folder_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = _rag("chunks", "--docs", str(tmp_path / "nope"))
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "does not exist" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "不存在" in result.stderr and "nope" in result.stderr
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     result = _rag("chunks", "--docs", str(tmp_path))
     assert result.returncode == 2 and "blob.txt" in result.stderr and "Traceback" not in result.stderr

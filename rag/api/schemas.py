@@ -7,15 +7,18 @@ as ``from_*`` class methods, so a route never builds a response field by field.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from rag.errors import QuestionError
-from rag.models import Answer, AnswerMode, Article, Citation, Hit, RequestedAnswerMode, Turn
+from rag.models import Answer, AnswerMode, Article, Citation, Hit, RequestedAnswerMode, SkippedFile, Turn
 from rag.retrieval import MAX_QUESTION_CHARS, check_question
 from rag.settings import RetrievalMode
+
+if TYPE_CHECKING:
+    from rag.api.service import DocumentListing
 
 MODEL_ID = "rag-zh"
 """The model name the OpenAI-compatible endpoints answer to."""
@@ -224,6 +227,45 @@ class DocumentOut(DocumentSummary):
             subtitle=article.subtitle,
             byline=article.byline,
             text=article.text,
+        )
+
+
+class FileSummary(BaseModel):
+    """One indexed file of the docs folder."""
+
+    source: str = Field(description="Its path in the docs folder (``a/x.txt``).")
+    articles: int = Field(description="Articles cut out of it.")
+    chunks: int = Field(description="Passages of it in the index.")
+
+
+class SkippedOut(BaseModel):
+    """A file of the docs folder that the build did not index."""
+
+    source: str = Field(description="Its path in the docs folder.")
+    reason: str = Field(description="Why, in one line, e.g. ``空文件``.")
+
+    @classmethod
+    def from_skipped(cls, skipped: SkippedFile) -> SkippedOut:
+        """The response form of a skipped file."""
+        return cls(source=skipped.source, reason=skipped.reason)
+
+
+class DocumentList(BaseModel):
+    """What the live index holds: its files, the files left out, its articles and the counts."""
+
+    files: list[FileSummary] = Field(description="Indexed files, sorted by source.")
+    skipped: list[SkippedOut] = Field(description="Files the build skipped, with why.")
+    articles: list[DocumentSummary] = Field(description="Every article, in corpus order.")
+    counts: dict[str, int] = Field(description="``documents``, ``articles`` and ``chunks`` in the index.")
+
+    @classmethod
+    def from_listing(cls, listing: DocumentListing) -> DocumentList:
+        """The response form of :meth:`rag.api.service.Service.document_list`."""
+        return cls(
+            files=[FileSummary(source=f.source, articles=f.articles, chunks=f.chunks) for f in listing.files],
+            skipped=[SkippedOut.from_skipped(s) for s in listing.skipped],
+            articles=[DocumentSummary.from_article(a) for a in listing.articles],
+            counts=listing.counts,
         )
 
 

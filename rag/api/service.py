@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from rag.errors import (
 from rag.index import SearchIndex, build_index, load_index
 from rag.ingest import DOC_SUFFIXES, document_source, list_documents, read_document
 from rag.llm import LLMClient
-from rag.models import Article
+from rag.models import Article, SkippedFile
 from rag.reader import Reader, load_settings_reader
 from rag.retrieval import Retriever
 from rag.settings import Settings
@@ -62,6 +63,28 @@ class Upload:
     source: str
     replaced: bool
     articles: list[Article]
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class FileCount:
+    """One indexed file: how many articles and passages of it the index holds."""
+
+    source: str
+    articles: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class DocumentListing:
+    """What the live index holds (``GET /documents``)."""
+
+    files: list[FileCount]
+    """Indexed files, sorted by source."""
+    skipped: list[SkippedFile]
+    """Files its build left out, with why (from the build's manifest)."""
+    articles: list[Article]
+    """Every article, in corpus order."""
     counts: dict[str, int]
 
 
@@ -126,6 +149,21 @@ class Service:
         """Documents, articles and chunks in the (given or live) index."""
         manifest = (engine or self.engine).index.manifest
         return {k: int(v) for k, v in manifest.get("counts", {}).items()}
+
+    def document_list(self) -> DocumentListing:
+        """The live index's files with their article and chunk counts, its skipped files and articles."""
+        engine = self.engine
+        index = engine.index
+        articles = Counter(a.source for a in index.articles.values())
+        chunks = Counter(c.source for c in index.chunks)
+        sources = sorted(set(index.manifest.get("files", {})) | set(articles))
+        skipped = [SkippedFile(**row) for row in index.manifest.get("skipped", [])]
+        return DocumentListing(
+            files=[FileCount(s, articles[s], chunks[s]) for s in sources],
+            skipped=skipped,
+            articles=list(index.articles.values()),
+            counts=self.counts(engine),
+        )
 
     def article(self, doc_id: str) -> Article:
         """The indexed article ``doc_id`` (``source#position``)."""

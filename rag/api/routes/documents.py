@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from rag.api.deps import ADMIN_ERRORS, ServiceDep, require_admin
-from rag.api.schemas import DeleteResult, DocumentOut, DocumentSummary, ErrorOut, UploadResult
+from rag.api.schemas import DeleteResult, DocumentList, DocumentOut, DocumentSummary, ErrorOut, UploadResult
 from rag.errors import PayloadTooLargeError
 
 router = APIRouter()
@@ -32,10 +32,10 @@ UPLOAD_BODY = {
 """The upload's body for the OpenAPI schema (the route reads the form itself, to bound it)."""
 
 
-@router.get("/documents", response_model=list[DocumentSummary], tags=["documents"])
-def documents(service: ServiceDep) -> list[DocumentSummary]:
-    """Every article in the index, in corpus order."""
-    return [DocumentSummary.from_article(a) for a in service.engine.index.articles.values()]
+@router.get("/documents", response_model=DocumentList, tags=["documents"])
+def documents(service: ServiceDep) -> DocumentList:
+    """The indexed files (with article and chunk counts), the files skipped and why, every article."""
+    return DocumentList.from_listing(service.document_list())
 
 
 @router.get(
