@@ -4,7 +4,7 @@ Layout of ``index_dir``::
 
     CURRENT                 name of the live build (replaced atomically)
     builds/<stamp>/         one complete build
-        manifest.json       model, prompts, chunking, per-file hashes, counts, versions
+        manifest.json       model, prompts, chunking, per-file hashes, skipped files, counts, versions
         articles.jsonl      cleaned articles (for reading a citation in context)
         chunks.jsonl        chunks, in vector order
         vectors.npy         normalized embeddings, float32 [n, dim]
@@ -14,6 +14,9 @@ Layout of ``index_dir``::
 A build is written completely into a fresh folder before ``CURRENT`` is switched to it,
 so a build killed midway leaves the previous index loadable. A rebuild reuses the
 vectors of every file whose content hash is unchanged.
+
+A file that cannot be used (binary, undecodable, empty, of an unknown type) is skipped
+and listed with its reason; ``build_index(strict=True)`` stops at the first unreadable one.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ class LLMClient:
         self.base_url = settings.llm_base_url.rstrip("/")
         self.model = settings.llm_model
         self.timeout = settings.llm_timeout
+        self.stream_usage = settings.llm_stream_usage
         self._client = OpenAI(
             base_url=self.base_url,
             api_key=settings.llm_api_key or "not-needed",
@@ -220,22 +221,34 @@ class LLMClient:
         *,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        usage: dict[str, int] | None = None,
     ) -> Iterator[str]:
         """The reply as content deltas while the model writes it.
 
         ``llm_timeout`` bounds the wait for each piece, not the whole answer. An error in
         the middle raises ``LLMError`` after some deltas were already yielded. Closing the
-        generator early closes the HTTP stream.
+        generator early closes the HTTP stream. When the endpoint reports token counts in
+        the stream, they are put into ``usage`` (``prompt_tokens``, ``completion_tokens``);
+        they are asked for with ``stream_options`` unless ``RAG_LLM_STREAM_USAGE`` is off
+        (OpenAI, vLLM, Ollama and llama.cpp take it; an old server may refuse the field).
         """
         started = time.perf_counter()
         think = _ThinkFilter()
         produced = 0
         try:
-            response = self._create(messages, stream=True, temperature=temperature, max_tokens=max_tokens)
+            response = self._create(
+                messages,
+                stream=True,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                stream_options={"include_usage": True} if self.stream_usage else None,
+            )
         except (openai.OpenAIError, httpx.HTTPError, ValueError) as exc:
             raise self._error(exc) from exc
         try:
             for chunk in response:
+                if usage is not None:
+                    _record_usage(getattr(chunk, "usage", None), usage)
                 choices = getattr(chunk, "choices", None)
                 if not choices:
                     continue  # e.g. the usage chunk some servers send last
@@ -274,6 +287,14 @@ class LLMClient:
 
 
 # -- prompts -----------------------------------------------------------------------------
+
+
+def _record_usage(reported: object, usage: dict[str, int]) -> None:
+    """Copy a stream chunk's ``usage`` (when it has well-formed counts) into ``usage``."""
+    prompt = getattr(reported, "prompt_tokens", None)
+    completion = getattr(reported, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        usage.update(prompt_tokens=prompt, completion_tokens=completion)
 
 
 def _as_data(value: object) -> str:

@@ -111,6 +111,13 @@ class Answer:
     citations: tuple[Citation, ...] = ()
     warnings: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
+    confidence: float | None = None
+    """0..1, from the reader's margin (``rag.answer.confidence``); None when the answer abstained,
+    the LLM answered, or it is a byline (article metadata, not read by the reader)."""
+    low_confidence: bool = False
+    """The reader's answer is below ``Settings.low_confidence``: likely wrong, say so."""
+    llm_usage: tuple[int, int] | None = None
+    """``(prompt, completion)`` tokens as the LLM reported them, when it answered and did."""
 
 
 @dataclass(frozen=True)

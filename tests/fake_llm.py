@@ -214,7 +214,9 @@ class FakeLLM:
             else:
                 reply_text = reply
             if stream:
-                return self._sse(reply_text)
+                options = body.get("stream_options") or {}
+                counted = self._usage(reply_text, body["messages"]) if options.get("include_usage") else None
+                return self._sse(reply_text, usage=counted)
             return JSONResponse(self._completion(reply_text, body["messages"]))
 
         return app
@@ -229,8 +231,17 @@ class FakeLLM:
         }
         return JSONResponse({"error": error}, status_code=401)
 
-    def _completion(self, text: str, messages: Messages) -> dict[str, Any]:
+    @staticmethod
+    def _usage(text: str, messages: Messages) -> dict[str, int]:
+        """Token counts as this fake counts them: one per character."""
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(text),
+            "total_tokens": prompt_tokens + len(text),
+        }
+
+    def _completion(self, text: str, messages: Messages) -> dict[str, Any]:
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -243,11 +254,7 @@ class FakeLLM:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(text),
-                "total_tokens": prompt_tokens + len(text),
-            },
+            "usage": self._usage(text, messages),
         }
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> str:
@@ -270,7 +277,9 @@ class FakeLLM:
         elif self.chunk_delay:
             await asyncio.sleep(self.chunk_delay)
 
-    def _sse(self, text: str, stall_seconds: float = 0.0) -> StreamingResponse:
+    def _sse(
+        self, text: str, stall_seconds: float = 0.0, usage: dict[str, int] | None = None
+    ) -> StreamingResponse:
         log = StreamLog()
         self.stream_log.append(log)
 
@@ -284,6 +293,14 @@ class FakeLLM:
             if stall_seconds:
                 await asyncio.sleep(stall_seconds)
             yield self._chunk({}, finish="stop")
+            if usage is not None:  # OpenAI's include_usage chunk: no choices, the counts
+                last = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield f"data: {json.dumps(last)}\n\n"
             log.finished = True
             yield "data: [DONE]\n\n"
 

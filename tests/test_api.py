@@ -7,6 +7,7 @@ import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
@@ -91,8 +92,12 @@ def test_ask_answers_with_citations(client: httpx.Client) -> None:
         "citations",
         "warnings",
         "timings_ms",
+        "confidence",
+        "low_confidence",
     }
     assert body["question"] == "锦屏成立了什么联盟"
+    assert 0 < body["confidence"] < 1  # the reader's margin through a logistic: never exactly 0 or 1
+    assert body["low_confidence"] == (body["confidence"] < Settings().low_confidence)
     assert body["answer_mode"] == "extractive"  # no LLM configured
     assert not body["abstained"]
     assert "创新服务联盟" in body["answer"] + body["answer_sentence"]
@@ -438,7 +443,8 @@ def test_page_has_no_inline_script_and_nothing_external(client: httpx.Client) ->
     tags.feed(html)
     assert tags.scripts and all(s.get("src", "").startswith("/static/") for s in tags.scripts)
     assert not tags.inline_script and not tags.handlers and not tags.styles
-    assert "锦屏成立了什么联盟" in html
+    examples = client.get("/examples").json()["questions"]
+    assert examples and all(html_escape(q) in html for q in examples)  # the corpus's own examples
     web = Path(__file__).resolve().parent.parent / "rag" / "web"
     assert (web / "static" / "app.js").is_file()
     for path in [*web.rglob("*.html"), *web.rglob("*.js"), *web.rglob("*.css")]:
@@ -474,6 +480,9 @@ def test_page_gets_its_settings_from_the_server(client: httpx.Client, api_settin
         "data-history-turns": str(api_settings.history_turns),
         "data-top-k": str(api_settings.top_k),
         "data-max-question-chars": str(MAX_QUESTION_CHARS),
+        "data-doc-types": ".txt,.md",
+        "data-max-upload-bytes": str(api_settings.max_upload_bytes),
+        "data-uploads-enabled": "1",  # the test server has an admin token
     }
     assert page.maxlength == str(MAX_QUESTION_CHARS)
     script = client.get("/static/app.js").text

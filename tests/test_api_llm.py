@@ -231,3 +231,23 @@ def test_rebuilds_reuse_the_one_llm_client_and_shutdown_closes_it(
             assert after.answerer.llm is llm  # ... with the same client
             assert made == [llm] and closed == []
         assert closed == [llm]  # closed once, at shutdown
+
+
+def test_chat_usage_is_the_llms_own_count(fake: FakeLLM, gate: threading.Event, server: str) -> None:
+    gate.set()
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="not-needed", timeout=120, max_retries=0)
+    completion = client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": QUESTION}]
+    )
+    sent = fake.requests[-1]
+    assert sent["stream_options"] == {"include_usage": True}
+    (log,) = fake.stream_log
+    reply = "".join(log.pieces)
+    # The fake counts a token per character of what it was sent and what it wrote.
+    prompt = sum(len(m["content"]) for m in sent["messages"])
+    assert completion.usage is not None
+    assert completion.usage.model_dump() == {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(reply),
+        "total_tokens": prompt + len(reply),
+    } | {k: v for k, v in completion.usage.model_dump().items() if v is None}

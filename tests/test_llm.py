@@ -152,6 +152,20 @@ def test_stream_deltas_reassemble_to_the_reply(fake: FakeLLM, client: LLMClient)
     assert fake.requests[-1]["stream"] is True
 
 
+def test_stream_reports_the_llms_own_token_counts(fake: FakeLLM, client: LLMClient) -> None:
+    usage: dict[str, int] = {}
+    assert "".join(client.stream(ask(), usage=usage)) == FAITHFUL
+    assert fake.requests[-1]["stream_options"] == {"include_usage": True}
+    # The fake counts one token per character; the counts are its own, not ours.
+    assert usage == {"prompt_tokens": len(ask()[0]["content"]), "completion_tokens": len(FAITHFUL)}
+
+    with LLMClient(settings_for(fake, llm_stream_usage=False)) as plain:
+        usage.clear()
+        assert "".join(plain.stream(ask(), usage=usage)) == FAITHFUL
+    assert "stream_options" not in fake.requests[-1]  # for a server that refuses the field
+    assert usage == {}
+
+
 def test_models_lists_the_served_model(fake: FakeLLM, client: LLMClient) -> None:
     assert client.models() == [fake.model]
 

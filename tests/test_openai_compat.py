@@ -10,6 +10,7 @@ import pytest
 
 from rag.api.routes.openai import SOURCES_HEADING, chat_question
 from rag.api.schemas import MODEL_ID, ChatCompletionRequest
+from rag.embedding import Embedder
 
 PAGE_000 = "000_ed8d00c7a0348028.txt"
 QUESTION = "锦屏成立了什么联盟"
@@ -83,6 +84,30 @@ def test_chat_completion_stream_matches_the_plain_one(client: openai.OpenAI) -> 
     assert text == plain.choices[0].message.content
 
 
+def test_usage_counts_real_tokens(client: openai.OpenAI, embedder: Embedder) -> None:
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    plain = client.chat.completions.create(model=MODEL_ID, messages=messages)
+    usage = plain.usage
+    assert usage is not None
+    content = plain.choices[0].message.content or ""
+    # The reply counted with the model's tokenizer; the prompt holds the question and the passages read.
+    assert usage.completion_tokens == embedder.count_tokens([content])
+    assert usage.prompt_tokens > embedder.count_tokens([QUESTION], query=True)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL_ID, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None  # OpenAI's usage chunk, after the stop
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert last.usage.model_dump() == usage.model_dump()  # the same reply, the same counts
+    unasked = list(client.chat.completions.create(model=MODEL_ID, messages=messages, stream=True))
+    assert all(c.usage is None for c in unasked) and unasked[-1].choices
+
+
 CHAIRMAN = "陈尔容"  # 恒锋工具's 董事长: the corpus names others, only the history says whose
 
 
@@ -121,7 +146,7 @@ def test_top_k_and_answer_mode_extensions(client: openai.OpenAI) -> None:
 def test_empty_question_is_a_clear_client_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "   "}])
-    assert "question" in str(info.value)
+    assert "问题是空的" in str(info.value)
     assert "messages.0.content" in str(info.value)  # names the message
     with pytest.raises(openai.UnprocessableEntityError) as info:
         client.chat.completions.create(model=MODEL_ID, messages=[{"role": "system", "content": "hi"}])

@@ -19,6 +19,7 @@ from rag.settings import RetrievalMode
 
 if TYPE_CHECKING:
     from rag.api.service import DocumentListing
+    from rag.examples import Examples
 
 MODEL_ID = "rag-zh"
 """The model name the OpenAI-compatible endpoints answer to."""
@@ -137,6 +138,18 @@ class AskResponse(BaseModel):
     citations: list[CitationOut]
     warnings: list[str]
     timings_ms: Timings
+    confidence: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "0..1, how likely the reader's answer is right (from its margin over 'no answer'); "
+            "null when it abstained, the LLM answered or the answer is a byline."
+        ),
+    )
+    low_confidence: bool = Field(
+        False, description="The answer's confidence is below RAG_LOW_CONFIDENCE: it is likely wrong."
+    )
 
     @classmethod
     def from_answer(cls, answer: Answer, total_ms: float) -> AskResponse:
@@ -150,6 +163,8 @@ class AskResponse(BaseModel):
             answer_mode=answer.answer_mode,
             citations=[CitationOut.from_citation(c) for c in answer.citations],
             warnings=list(answer.warnings),
+            confidence=answer.confidence,
+            low_confidence=answer.low_confidence,
             timings_ms=Timings(
                 retrieve=float(t.get("retrieve", 0.0)),
                 answer=float(t.get("answer", 0.0)),
@@ -296,6 +311,27 @@ class DeleteResult(BaseModel):
     counts: dict[str, int]
 
 
+class FeedbackCreated(BaseModel):
+    """A stored rating."""
+
+    id: int = Field(description="Its row in the feedback store.")
+    rating: Literal["up", "down"]
+
+
+class ExamplesOut(BaseModel):
+    """Example questions for the chat page, drawn from the corpus being served."""
+
+    questions: list[str]
+    origin: Literal["questions.txt", "titles"] = Field(
+        description="questions.txt: the docs folder's own list; titles: made from article titles."
+    )
+
+    @classmethod
+    def from_examples(cls, examples: Examples) -> ExamplesOut:
+        """The response form of :func:`rag.examples.example_questions`."""
+        return cls(questions=list(examples.questions), origin=examples.origin)
+
+
 class ErrorOut(BaseModel):
     """Every error answer: ``detail`` is a one-line message, or FastAPI's list for a 422."""
 
@@ -330,6 +366,15 @@ class ChatMessageIn(BaseModel):
         return "".join(p.text or "" for p in self.content if p.type == "text")
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``."""
+
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = Field(
+        False, description="Send a last chunk (no choices) with the token counts before [DONE]."
+    )
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI chat completions, plus the ``top_k`` and ``rag_mode`` extensions."""
 
@@ -337,6 +382,7 @@ class ChatCompletionRequest(BaseModel):
     model: str = MODEL_ID
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     top_k: int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="Extension: passages to retrieve (default RAG_TOP_K)."
     )
@@ -363,7 +409,7 @@ class ChatChoice(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token counts; this server counts none."""
+    """Token counts (the embedding model's tokenizer, or the upstream LLM's own counts)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0

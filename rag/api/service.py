@@ -33,6 +33,8 @@ from rag.errors import (
     PayloadTooLargeError,
     UnsupportedMediaError,
 )
+from rag.examples import Examples, example_questions
+from rag.feedback import FeedbackStore, feedback_path
 from rag.index import SearchIndex, build_index, load_index
 from rag.ingest import DOC_SUFFIXES, document_source, list_documents, read_document
 from rag.llm import LLMClient
@@ -109,6 +111,10 @@ class Service:
         self.llm = llm
         self.engine = self._engine(load_index(settings, embedder))
         self._write_lock = threading.Lock()
+        self._examples: tuple[Engine, Examples] | None = None
+        self._examples_lock = threading.Lock()
+        self.feedback = FeedbackStore(feedback_path(settings))
+        """Readers' ratings of answers (``POST /feedback``), beside the index."""
 
     @classmethod
     def start(cls, settings: Settings, embedder: Embedder | None = None) -> Service:
@@ -129,9 +135,23 @@ class Service:
             raise
 
     def close(self) -> None:
-        """Release what the service holds open (the LLM client's connections)."""
+        """Release what the service holds open (the feedback store, the LLM client's connections)."""
+        self.feedback.close()
         if self.llm is not None:
             self.llm.close()
+
+    def examples(self) -> Examples:
+        """The chat page's example questions for the live corpus, made once per engine.
+
+        Made-up questions are checked with the engine's answerer (a few extractive answers,
+        on the first call after a start or a rebuild); ``questions.txt`` too is read then.
+        """
+        engine = self.engine
+        with self._examples_lock:
+            if self._examples is None or self._examples[0] is not engine:
+                made = example_questions(engine.index, self.settings.docs_dir, answerer=engine.answerer)
+                self._examples = (engine, made)
+            return self._examples[1]
 
     def _engine(self, index: SearchIndex) -> Engine:
         retriever = Retriever(index, self.embedder, self.settings)

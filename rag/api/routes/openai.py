@@ -3,7 +3,9 @@
 Any OpenAI client (the ``openai`` SDK, chat UIs that take a base URL) can ask the corpus:
 the last user message is the question, earlier user/assistant messages are the history.
 The reply carries [n] markers and ends with a 来源： list; the extension field
-``citations`` (in the final chunk when streaming) has the passages.
+``citations`` (in the final chunk when streaming) has the passages. ``usage`` counts
+tokens with the embedding model's tokenizer (see :func:`usage`); a stream sends it in a
+last chunk when asked with ``stream_options: {"include_usage": true}``.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from rag.api.schemas import (
     Usage,
 )
 from rag.api.service import Service
+from rag.embedding import Embedder
 from rag.errors import NotFoundError, QuestionError, RagError
 from rag.models import Answer, Retraction, Turn
 from rag.retrieval import check_question
+from rag.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,26 @@ def chat_question(body: ChatCompletionRequest) -> tuple[str, tuple[Turn, ...]]:
     return question, tuple(history)
 
 
+def usage(
+    embedder: Embedder, settings: Settings, body: ChatCompletionRequest, answer: Answer, content: str
+) -> Usage:
+    """Token counts of one completion: the LLM's own when it answered and reported them, else
+    counted with the embedding model's tokenizer (the reader's too): ``prompt_tokens`` for the
+    messages and the passages the answer was read from (the reader's ``RAG_READER_PASSAGES``,
+    or every passage the LLM was given), ``completion_tokens`` for the reply ``content``.
+
+    Each text is counted as the model reads it: with its prompt, and up to its window (512).
+    """
+    if answer.llm_usage is not None:
+        prompt, completion = answer.llm_usage
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    read = answer.citations if answer.answer_mode == "llm" else answer.citations[: settings.reader_passages]
+    messages = [text for m in body.messages if (text := m.text()).strip()]
+    prompt = embedder.count_tokens(messages, query=True) + embedder.count_tokens([c.chunk.text for c in read])
+    completion = embedder.count_tokens([content])
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
 def model_card(service: Service) -> ModelCard:
     """The one model, dated by the index build."""
     built = service.engine.index.manifest.get("built_at")
@@ -123,7 +147,10 @@ def model(model_id: str, service: ServiceDep) -> ModelCard:
 class ChatStream:
     """The ``chat.completion.chunk`` SSE stream of one answer, ending in ``data: [DONE]``."""
 
-    def __init__(self, answerer: Answerer, body: ChatCompletionRequest, question: str) -> None:
+    def __init__(
+        self, service: Service, answerer: Answerer, body: ChatCompletionRequest, question: str
+    ) -> None:
+        self.service = service
         self.answerer = answerer
         self.body = body
         self.question = question
@@ -162,22 +189,43 @@ class ChatStream:
 
     def _answer(self, history: tuple[Turn, ...]) -> Iterator[str]:
         final: Answer | None = None
+        streamed: list[str] = []
         for event in self.answerer.answer_stream(
             self.question, top_k=self.body.top_k, history=history, answer_mode=self.body.rag_mode
         ):
             if isinstance(event, Answer):
                 final = event
             elif isinstance(event, Retraction):
-                yield self.chunk({"content": retraction_text(event.reason)})
+                streamed.append(retraction_text(event.reason))
+                yield self.chunk({"content": streamed[-1]})
             elif event:
+                streamed.append(event)
                 yield self.chunk({"content": event})
         if final is None:
             raise RuntimeError("the answerer ended without an answer")
         sources = sources_text(final)
         if sources:
+            streamed.append(sources)
             yield self.chunk({"content": sources})
         citations = [CitationOut.from_citation(c).model_dump(mode="json") for c in final.citations]
         yield self.chunk({}, "stop", citations=citations)
+        options = self.body.stream_options
+        if options is not None and options.include_usage:
+            # OpenAI's last chunk: no choices, the counts of the whole reply as streamed.
+            counted = usage(self.service.embedder, self.service.settings, self.body, final, "".join(streamed))
+            yield self.usage_chunk(counted)
+
+    def usage_chunk(self, counted: Usage) -> str:
+        """The ``include_usage`` chunk: empty ``choices`` and the ``usage`` object."""
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": MODEL_ID,
+            "choices": [],
+            "usage": counted.model_dump(),
+        }
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 @router.post(
@@ -191,17 +239,18 @@ def chat_completions(body: ChatCompletionRequest, service: ServiceDep) -> Respon
     question, history = chat_question(body)
     answerer = service.engine.answerer
     if body.stream:
-        stream = ChatStream(answerer, body, question)
+        stream = ChatStream(service, answerer, body, question)
         return StreamingResponse(
             stream.events(history), media_type="text/event-stream", headers=STREAM_HEADERS
         )
     answer = answerer.answer(question, top_k=body.top_k, history=history, answer_mode=body.rag_mode)
-    message = ChatMessageOut(content=answer.answer + sources_text(answer))
+    content = answer.answer + sources_text(answer)
+    message = ChatMessageOut(content=content)
     return ChatCompletion(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=MODEL_ID,
         choices=[ChatChoice(index=0, message=message, finish_reason="stop")],
-        usage=Usage(),
+        usage=usage(service.embedder, service.settings, body, answer, content),
         citations=[CitationOut.from_citation(c) for c in answer.citations],
     )

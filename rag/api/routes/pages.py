@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from rag.api.deps import ServiceDep
+from rag.ingest import DOC_SUFFIXES
 from rag.models import NOT_FOUND
 from rag.retrieval import MAX_QUESTION_CHARS
 
@@ -24,14 +25,6 @@ WEB_DIR = Path(str(resources.files("rag") / "web"))
 """The package's web files: ``templates/`` and ``static/``."""
 DOCS_STATIC = "/docs-static"
 """Where Swagger UI's own JavaScript and CSS are served (from fastapi-offline, not a CDN)."""
-
-EXAMPLE_QUESTIONS = (
-    "锦屏成立了什么联盟",
-    "芯·潮夜市大约有多少个摊位",
-    "岳林街道辖区有多少家高新技术企业",
-    "恒锋工具位于哪里",
-)
-"""Shown on the page; each is answered by a different page of the seed corpus."""
 
 templates = Jinja2Templates(directory=WEB_DIR / "templates")
 router = APIRouter(include_in_schema=False)
@@ -50,15 +43,24 @@ def static_version() -> str:
 
 @router.get("/", response_class=HTMLResponse)
 def chat_page(request: Request, service: ServiceDep) -> Response:
-    """The chat page; the numbers and texts the script needs come from the server, as data attributes."""
+    """The chat page; the numbers and texts the script needs come from the server, as data attributes.
+
+    The example questions are the served corpus's own (``GET /examples``), so they answer
+    whatever documents are loaded; the script refreshes them after an upload or a delete.
+    """
     settings = service.settings
     config = {
         "not_found": NOT_FOUND,
         "history_turns": settings.history_turns,
         "top_k": settings.top_k,
         "max_question_chars": MAX_QUESTION_CHARS,
+        "doc_types": ",".join(DOC_SUFFIXES),
+        "doc_types_text": "、".join(DOC_SUFFIXES),
+        "max_upload_bytes": settings.max_upload_bytes,
+        "uploads_enabled": bool(settings.admin_token),
     }
-    context: dict[str, object] = {"examples": EXAMPLE_QUESTIONS, "config": config, "v": static_version()}
+    examples = service.examples().questions
+    context: dict[str, object] = {"examples": examples, "config": config, "v": static_version()}
     return templates.TemplateResponse(request, "index.html", context)
 
 

@@ -1,4 +1,4 @@
-"""Questions: ``POST /ask``, its streamed form ``POST /ask/stream`` and ``GET /search``."""
+"""Questions: ``POST /ask``, its streamed form ``POST /ask/stream``, ``GET /search`` and ``GET /examples``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from rag.api.schemas import (
     QUESTION_SCHEMA,
     AskRequest,
     AskResponse,
+    ExamplesOut,
     SearchHitOut,
     SearchResponse,
     valid_question,
@@ -127,3 +128,10 @@ def search(
         hits=[SearchHitOut.from_hit(h) for h in hits],
         timings_ms={"total": round(_elapsed_ms(started), 2)},
     )
+
+
+@router.get("/examples", response_model=ExamplesOut)
+def examples(service: ServiceDep) -> ExamplesOut:
+    """Example questions for the corpus being served: ``questions.txt`` of the docs folder, or
+    questions made from its articles that the extractive answerer answers from them."""
+    return ExamplesOut.from_examples(service.examples())
