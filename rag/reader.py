@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,11 +96,22 @@ def read_manifest(weights: Path = WEIGHTS_FILE) -> dict[str, Any]:
 def assemble_reader(base_model_dir: Path, weights: Path = WEIGHTS_FILE) -> torch.nn.Module:
     """The reader network: the converted e5 encoder with the shipped weights on top."""
     from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
 
     from rag.reader_model import load_trainable, new_reader
 
     read_manifest(weights)
-    model = new_reader(base_model_dir)
+    # transformers draws a "Loading weights" bar and reports the e5 pooler it drops (the
+    # reader has none): noise for a user waiting on the first run. (Helpers unannotated.)
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        model = new_reader(base_model_dir)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     load_trainable(model, load_file(str(weights)))
     return model.eval()
 
@@ -121,13 +131,9 @@ class _TorchEngine:
 
 class _OnnxEngine:
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        from rag.onnx_query import open_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, max(1, threads))
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.session.run(None, {"input_ids": ids, "attention_mask": mask})
@@ -135,8 +141,14 @@ class _OnnxEngine:
 
 
 def _export_onnx(model: torch.nn.Module, dest: Path, quantize: bool) -> None:
-    """Write the reader as ONNX (int8 weights when ``quantize``), atomically."""
+    """Write the reader as ONNX (int8 weights when ``quantize``), atomically.
+
+    The weights go to ``<dest>.data``, which ONNX Runtime maps instead of parsing
+    (:func:`rag.onnx_query.save_with_external_weights`).
+    """
     import torch
+
+    from rag.onnx_query import save_with_external_weights
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=dest.parent)
@@ -168,9 +180,56 @@ def _export_onnx(model: torch.nn.Module, dest: Path, quantize: bool) -> None:
                 os.replace(qtmp, tmp)
             finally:
                 Path(qtmp).unlink(missing_ok=True)
-        os.replace(tmp, dest)
+        save_with_external_weights(Path(tmp), dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class _FastTokenizer:
+    """The few calls :class:`~rag.reader_training.Featurizer` makes, on a ``tokenizers`` tokenizer.
+
+    Loading ``transformers.AutoTokenizer`` costs ~2.5 s (the import, then the same
+    ``tokenizer.json``); this shares the question encoder's parsed tokenizer instead.
+    Same ids and offsets: it is the tokenizer ``AutoTokenizer`` wraps.
+    """
+
+    def __init__(self, tokenizer: Any, special: dict[str, str]) -> None:
+        self.tok = tokenizer
+        ids = {name: tokenizer.token_to_id(token) for name, token in special.items()}
+        self.cls_token_id = ids.get("cls_token")
+        self.sep_token_id = ids.get("sep_token")
+        self.bos_token_id = ids.get("bos_token")
+        self.eos_token_id = ids.get("eos_token")
+        self.pad_token_id = ids.get("pad_token")
+
+    def __call__(
+        self, text: str, add_special_tokens: bool = True, return_offsets_mapping: bool = False
+    ) -> dict[str, Any]:
+        enc = self.tok.encode(text, add_special_tokens=add_special_tokens)
+        out: dict[str, Any] = {"input_ids": enc.ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = enc.offsets
+        return out
+
+
+def _load_tokenizer(base_model_dir: Path) -> Any:
+    """The base model's tokenizer: the fast path when its files allow, else ``AutoTokenizer``."""
+    from rag.onnx_query import load_tokenizer
+
+    try:
+        config = json.loads((base_model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        special = {
+            k: config[k] for k in ("cls_token", "sep_token", "pad_token") if isinstance(config.get(k), str)
+        }
+        if len(special) == 3 and (base_model_dir / "tokenizer.json").is_file():
+            fast = _FastTokenizer(load_tokenizer(base_model_dir / "tokenizer.json"), special)
+            if None not in (fast.cls_token_id, fast.sep_token_id, fast.pad_token_id):
+                return fast
+    except (OSError, ValueError):
+        pass  # no usable tokenizer files: transformers decides below
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base_model_dir))
 
 
 class Reader:
@@ -278,10 +337,11 @@ def load_reader(
     ``torch`` (fp32) or ``torch-bf16`` (bf16 autocast). Raises :class:`ReaderError` when
     the shipped weights fail their checksum.
     """
-    from transformers import AutoTokenizer
+    from rag.onnx_query import has_inline_weights, save_with_external_weights
+    from rag.progress import step
 
     manifest = read_manifest(weights)
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    tokenizer = _load_tokenizer(base_model_dir)
     threads = threads or min(4, os.cpu_count() or 1)
     max_length = int(manifest.get("max_length", 256))
     if backend in ("torch", "torch-bf16"):
@@ -295,10 +355,13 @@ def load_reader(
         "reader-int8.onnx" if quantize else "reader.onnx"
     )
     if not path.is_file():
-        t0 = time.perf_counter()
-        log.info("Assembling the reader into %s (once per machine)", path)
-        _export_onnx(assemble_reader(base_model_dir, weights), path, quantize)
-        log.info("Reader ready in %.1f s", time.perf_counter() - t0)
+        with step(
+            "首次使用：组装阅读模型并导出为 ONNX（只需一次，约一分钟）：%s", path, done="阅读模型已导出"
+        ):
+            _export_onnx(assemble_reader(base_model_dir, weights), path, quantize)
+    elif has_inline_weights(path):  # the one-file format of earlier versions: slow to open
+        with step("阅读模型转为快速加载格式（只需一次）：%s", path, done="转换完成"):
+            save_with_external_weights(path, path)
     return Reader(tokenizer, _OnnxEngine(path, threads), max_length)
 
 

@@ -28,9 +28,9 @@ def check_question(question: str) -> str:
     """The question stripped; an empty or overlong one is a ``QuestionError``."""
     stripped = question.strip()
     if not stripped:
-        raise QuestionError("question is empty; ask something, e.g. 锦屏成立了什么联盟")
+        raise QuestionError("问题是空的；请输入一个问题，例如：锦屏成立了什么联盟")
     if len(stripped) > MAX_QUESTION_CHARS:
-        raise QuestionError(f"question is {len(stripped)} characters; the limit is {MAX_QUESTION_CHARS}")
+        raise QuestionError(f"问题有 {len(stripped)} 个字，超过了 {MAX_QUESTION_CHARS} 字的上限；请缩短问题")
     return stripped
 
 

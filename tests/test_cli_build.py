@@ -19,7 +19,7 @@ def test_build_skips_and_names_every_bad_file(tmp_path: Path) -> None:
     docs, index = write_bad_docs(tmp_path / "docs"), tmp_path / "index"
     result = CliRunner().invoke(app, ["build", "--docs", str(docs), "--index", str(index)])
     assert result.exit_code == 0, result.output
-    assert "1 documents" in result.output
+    assert "已建立索引：1 个文档" in result.output
     for name, reason in BAD_REASONS.items():
         assert f"  {name}：{reason}" in result.output.splitlines()
     assert f"跳过 {len(BAD_REASONS)} 个文件" in result.output

@@ -344,9 +344,12 @@ def test_cli_search_json(seed_settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["search", "  "], "question is empty"),
-        (["ask", ""], "question is empty"),
-        (["search", "问题", "--index", "/nonexistent/index"], "rag build"),
+        (["search", "  "], "问题是空的"),
+        (["ask", ""], "问题是空的"),
+        (
+            ["search", "问题", "--index", "/nonexistent/index"],
+            "/nonexistent/index 中还没有索引；请先建立索引：rag build --docs",
+        ),
         (
             ["build", "--docs", "/nonexistent/docs", "--index", "/tmp/never"],
             "文档文件夹 /nonexistent/docs 不存在",
@@ -356,7 +359,7 @@ def test_cli_search_json(seed_settings: Settings) -> None:
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = _rag(*args)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("错误：")]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
@@ -372,6 +375,6 @@ def test_cli_rebuild_of_unchanged_docs_reports_the_counts_no_debug_noise_no_onnx
     assert result.returncode == 0, result.stderr
     assert not (cache / "onnx").exists(), "rag build exported the question encoder it never uses"
     summary = result.stdout.strip().splitlines()[-1]
-    assert summary.startswith("5 documents,") and "(0 embedded, " in summary
-    assert summary.endswith("nothing to embed"), summary
+    assert summary.startswith("已建立索引：5 个文档，") and "新向量化 0 段" in summary, summary
+    assert summary.endswith("没有需要重新向量化的内容"), summary
     assert "DEBUG" not in result.stderr + result.stdout, "bm25s' debug log leaks to the terminal"

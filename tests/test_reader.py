@@ -91,7 +91,7 @@ def test_train_reader_cli_runs_the_real_code_path(tmp_path: Path) -> None:
     manifest = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     assert manifest["sha256"] == sha256_file(weights)
     assert manifest["windows"] == 16 and manifest["steps"] == 2
-    assert "CMRC 2018 trial, gold paragraph given: F1" in proc.stdout, proc.stdout
+    assert "CMRC 2018 trial（给定标准段落）：F1" in proc.stdout, proc.stdout
     assert (out / "checkpoint.pt").is_file()
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [row["windows"] for row in curve] == [8, 16]
