@@ -6,6 +6,7 @@ Screenshots go to tests/screenshots/ (git-ignored).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ import pytest
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
+from corpora import indexed_corpus  # noqa: E402
+from fake_llm import LoopbackServer  # noqa: E402
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright  # noqa: E402
 
+from rag.api import create_app  # noqa: E402
+from rag.embedding import Embedder  # noqa: E402
 from rag.models import NOT_FOUND  # noqa: E402
 from rag.settings import Settings  # noqa: E402
 
@@ -28,6 +33,47 @@ QUESTION = "锦屏成立了什么联盟"
 FOLLOW_UP = "那它的会长是谁？"
 ADMIN = {"Authorization": "Bearer test-admin-token"}  # conftest.API_ADMIN_TOKEN
 TIMEOUT = 120_000
+
+SEED_EXAMPLES = (
+    "锦屏成立了什么联盟",
+    "芯·潮夜市大约有多少个摊位",
+    "岳林街道辖区有多少家高新技术企业",
+    "恒锋工具位于哪里",
+)
+"""The four questions the page used to show whatever the corpus: each answered only by seeds/."""
+
+# A small corpus that is not seeds/: three invented news articles and a picture the build skips.
+NEWS_TOKEN = "news-admin-token"
+NEWS_ADMIN = {"Authorization": f"Bearer {NEWS_TOKEN}"}
+NEWS_DOCS = {
+    "青岚镇茶文化节.txt": (
+        "青岚镇举办首届茶文化节\n\n"
+        "本报讯（记者 林晓雨）青岚镇首届茶文化节日前在镇文化广场开幕。本届茶文化节为期五天，"
+        "共有三十六家茶企参展，现场还举办了手工炒茶比赛和茶艺表演，吸引游客约两万人次。"
+        "镇党委负责人表示，青岚镇将以茶文化节为契机，推动茶产业与乡村旅游融合发展。\n"
+    ),
+    "港城跨海大桥.md": (
+        "港城跨海大桥建成通车\n\n"
+        "本报讯（通讯员 周海涛）港城跨海大桥昨日正式建成通车。大桥全长八点六公里，设计时速一百公里，"
+        "总投资约四十二亿元。大桥通车后，港城至东屿岛的车程由原来的一小时缩短至十五分钟。\n"
+    ),
+    "梧桐社区老年食堂.txt": (
+        "梧桐社区老年食堂开业\n\n"
+        "本报讯（通讯员 许文静）梧桐社区老年食堂于本月十日正式开业。食堂位于社区服务中心一楼，"
+        "可同时容纳八十人就餐，七十岁以上老人每餐只需支付五元。开业当天，共有九十多位老人前来用餐。\n"
+    ),
+}
+NEWS_PICTURE = "现场照片.png"
+TEA_QUESTION = "青岚镇首届茶文化节共有多少家茶企参展"
+BRIDGE_QUESTION = "港城跨海大桥全长多少公里"
+PARK_FILE = "星河湾湿地公园.txt"
+PARK_DOC = (
+    "星河湾湿地公园正式开园\n\n"
+    "本报讯（通讯员 陈静）星河湾湿地公园昨日正式开园迎客。公园占地约一百二十公顷，"
+    "种植了四十多种水生植物，园内建有六公里长的环湖步道。\n"
+)
+PARK_QUESTION = "星河湾湿地公园种植了多少种水生植物"
+PARK_ANSWER = "四十多种"
 
 XSS_DOC = (
     "紫藤湾社区网络安全讲座 <b>加粗</b>\n\n"
@@ -125,11 +171,35 @@ def watched(browser: Browser, live_server: str) -> Iterator[Watched]:
     w.page.context.close()
 
 
+@pytest.fixture(scope="session")
+def news_settings(
+    settings: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """A docs folder that is not seeds/ (NEWS_DOCS and a picture), its own index and admin token."""
+    files: dict[str, str | bytes] = {**NEWS_DOCS, NEWS_PICTURE: b"\x89PNG\r\n\x1a\n" + bytes(64)}
+    root = tmp_path_factory.mktemp("news")
+    return indexed_corpus(settings, embedder, root, files, admin_token=NEWS_TOKEN)
+
+
+@pytest.fixture(scope="session")
+def news_server(news_settings: Settings, embedder: Embedder) -> Iterator[str]:
+    """The live server over the news corpus; yields its base URL."""
+    with LoopbackServer(create_app(news_settings, embedder=embedder), name="news") as server:
+        yield server.url
+
+
+@pytest.fixture
+def news(browser: Browser, news_server: str) -> Iterator[Watched]:
+    w = open_page(browser, news_server, viewport={"width": 1280, "height": 860})
+    yield w
+    w.page.context.close()
+
+
 def test_ask_streams_and_cites_the_supporting_sentence(watched: Watched, live_server: str) -> None:
     page = watched.page
-    examples = page.locator("button.example")
-    expect(examples).to_have_count(4)
-    expect(examples.first).to_have_text(QUESTION)
+    served = httpx.get(f"{live_server}/examples", timeout=60).json()["questions"]
+    assert served
+    expect(page.locator("button.example")).to_have_text(served)
     page.screenshot(path=SHOTS / "desktop_welcome.png")
 
     page.evaluate(STREAM_OBSERVER)
@@ -250,6 +320,10 @@ def test_unreachable_server_and_nothing_found(watched: Watched) -> None:
     expect(turn.locator(".msg.bot")).to_contain_text("无法连接服务器")
     page.screenshot(path=SHOTS / "unreachable.png")
     page.unroute("**/ask/stream")
+    turn.locator("button", has_text="重试").click()  # the failed turn is replaced, not kept
+    expect(page.locator("li.turn")).to_have_count(1)
+    page.locator("li.turn .msg.bot[data-status='done']").wait_for()
+    expect(page.locator("li.turn .msg.user")).to_have_text(QUESTION)
 
     # An abstention from the server (its exact wording comes from rag.models.NOT_FOUND).
     final = answer_json("火星上有几个锦屏街道", NOT_FOUND, abstained=True)
@@ -386,6 +460,28 @@ def test_phone_layout(browser: Browser, live_server: str) -> None:
         expect(page.locator("#panel mark")).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
         page.screenshot(path=SHOTS / "phone_citation.png")
+        page.locator("#panel-close").tap()
+
+        # The conversation list slides in from the menu button; a tap beside it closes it.
+        sidebar = page.locator("#sidebar")
+        expect(sidebar).to_be_hidden()
+        page.locator("#menu").tap()
+        expect(sidebar).to_be_visible()
+        expect(sidebar.locator("button.conversation")).to_have_count(1)
+        page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+        box = sidebar.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+        page.screenshot(path=SHOTS / "phone_conversations.png")
+        page.locator("#scrim").tap(position={"x": 360, "y": 400})
+        expect(sidebar).to_be_hidden()
+
+        page.locator("#docs-open").tap()
+        docs = page.locator("#docs")
+        expect(docs.locator("li.doc-file").first).to_be_visible()
+        box = docs.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["width"] <= 375
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.screenshot(path=SHOTS / "phone_documents.png")
         w.check_clean()
     finally:
         page.context.close()
@@ -405,3 +501,337 @@ def test_api_docs_render_offline(browser: Browser, live_server: str) -> None:
         assert httpx.get(f"{live_server}/redoc", timeout=30).status_code == 404
     finally:
         ctx.close()
+
+
+# ---- Over a corpus that is not seeds/ -------------------------------------------------
+
+
+def bare(answer: str) -> str:
+    """An answer without its [n] markers."""
+    return re.sub(r"\s*\[\d+\]", "", answer).strip()
+
+
+def test_examples_come_from_the_served_corpus(news: Watched, news_server: str) -> None:
+    page = news.page
+    served = httpx.get(f"{news_server}/examples", timeout=60).json()
+    questions = served["questions"]
+    assert served["origin"] == "titles"  # the news folder has no questions.txt
+    assert questions and not set(questions) & set(SEED_EXAMPLES)
+    examples = page.locator("button.example")
+    expect(examples).to_have_text(questions)
+    page.screenshot(path=SHOTS / "news_welcome.png")
+
+    # Each example is answered from the news corpus, not "not found".
+    sources = set()
+    for n, question in enumerate(questions):
+        if n:
+            page.locator("#new-chat").click()
+        page.locator("button.example", has_text=question).click()
+        turn = page.locator("li.turn").first
+        expect(turn.locator(".msg.user")).to_have_text(question)
+        bot = turn.locator(".msg.bot[data-status='done']")
+        bot.wait_for()
+        expect(bot).not_to_have_class(re.compile(r"\bnotfound\b"))
+        first = turn.locator(".source-title").first
+        first.click()
+        meta = page.locator("#panel-meta").text_content() or ""
+        sources |= {name for name in NEWS_DOCS if name in meta}
+        page.keyboard.press("Escape")
+    assert len(sources) >= min(2, len(questions))  # varied sources
+    news.check_clean()
+
+
+def test_the_supporting_sentence_under_the_answer(news: Watched, news_server: str) -> None:
+    page = news.page
+    expected = httpx.post(f"{news_server}/ask", json={"question": TEA_QUESTION}, timeout=120).json()
+    assert not expected["abstained"] and expected["answer_sentence"]
+    turn = ask(page, TEA_QUESTION)
+    expect(turn.locator(".answer")).to_have_text(expected["answer"])
+    evidence = turn.locator(".msg.bot .evidence")
+    expect(evidence).to_be_visible()
+    expect(evidence.locator(".evidence-text")).to_have_text(expected["answer_sentence"])
+    mark = evidence.locator("mark")
+    expect(mark).to_have_count(1)
+    expect(mark).to_have_text(bare(expected["answer"]))  # 三十六家
+    # The sentence sits below the answer inside the bubble.
+    answer_box = turn.locator(".answer").bounding_box()
+    evidence_box = evidence.bounding_box()
+    assert answer_box and evidence_box and evidence_box["y"] >= answer_box["y"] + answer_box["height"] - 1
+
+    # The answer's confidence, never the citations' fusion scores.
+    bot_text = turn.locator(".msg.bot").text_content() or ""
+    for c in expected["citations"]:
+        assert f"{c['score']:.3f}" not in bot_text and str(c["score"]) not in bot_text
+    confidence = expected.get("confidence")
+    if confidence is None:
+        expect(turn.locator(".confidence")).to_have_count(0)
+    else:
+        expect(turn.locator(".confidence")).to_have_text(f"把握 {round(confidence * 100)}%")
+    if expected.get("low_confidence"):
+        expect(turn.locator(".low-confidence")).to_have_text("把握不大，请核对引文")
+    else:
+        expect(turn.locator(".low-confidence")).to_have_count(0)
+    page.screenshot(path=SHOTS / "news_answer_sentence.png")
+
+    # A low-confidence answer says so; a sentence from the documents is text, never markup.
+    sentence = "据称<img src=x onerror=alert(1)>共有三十六家茶企参展。"
+    low = answer_json(TEA_QUESTION, "三十六家 [1]")
+    low.update(answer_sentence=sentence, confidence=0.21, low_confidence=True, citations=[])
+    page.route("**/ask/stream", lambda route: fulfil_sse(route, [("answer", low)]))
+    turn = ask(page, TEA_QUESTION)
+    expect(turn.locator(".low-confidence")).to_have_text("把握不大，请核对引文")
+    expect(turn.locator(".confidence")).to_have_text("把握 21%")
+    expect(turn.locator(".evidence-text")).to_have_text(sentence)
+    expect(turn.locator(".evidence mark")).to_have_text("三十六家")
+    assert page.locator("#messages img").count() == 0
+    news.check_clean()
+
+
+# Records every text the documents panel's status line showed (the index update can be quick).
+STATUS_OBSERVER = """
+window.__status = [];
+new MutationObserver(() => {
+  const text = document.getElementById('docs-status-text').textContent;
+  if (text && window.__status[window.__status.length - 1] !== text) window.__status.push(text);
+}).observe(document.getElementById('docs-status'), {subtree: true, childList: true, characterData: true});
+"""
+
+
+def check_listing(page: Page, news_server: str) -> dict:
+    """The documents panel lists what GET /documents says: files with article counts, skipped files."""
+    docs = page.locator("#docs")
+    listing = httpx.get(f"{news_server}/documents", timeout=60).json()
+    files = docs.locator("#doc-files li.doc-file")
+    expect(files).to_have_count(len(listing["files"]))
+    for f in listing["files"]:
+        row = files.filter(has=page.locator(".file-name", has_text=f["source"]))
+        expect(row.locator(".file-count")).to_have_text(f"{f['articles']} 篇文章")
+    skipped = docs.locator("#doc-skipped li", has_text=NEWS_PICTURE)
+    expect(skipped).to_be_visible()
+    reason = next(s["reason"] for s in listing["skipped"] if s["source"] == NEWS_PICTURE)
+    expect(skipped.locator(".skip-reason")).to_have_text(reason)
+    expect(page.locator("#docs-counts")).to_contain_text(f"{listing['counts']['articles']} 篇文章")
+    expect(page.locator("#upload-send")).to_be_disabled()  # no token yet
+    return listing
+
+
+def refused_with_a_wrong_token(page: Page, park: Path, news_server: str, listing: dict) -> None:
+    """A wrong token: a Chinese message, the token asked for again, nothing changed on the server."""
+    page.locator("#token").fill("wrong-token")
+    page.locator("#token-save").click()
+    page.locator("#upload-file").set_input_files(park)
+    page.locator("#upload-send").click()
+    expect(page.locator("#docs-error")).to_contain_text("管理口令不对")
+    expect(page.locator("#token-form")).to_be_visible()
+    assert httpx.get(f"{news_server}/documents", timeout=60).json()["counts"] == listing["counts"]
+
+
+def upload_from_the_page(w: Watched, park: Path) -> Any:
+    """Upload `park` with the right token; returns its row in the list once it is there."""
+    page = w.page
+    page.locator("#token").fill(NEWS_TOKEN)
+    page.locator("#token").press("Enter")
+    expect(page.locator("#token-state")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('rag-zh.admin-token')") == NEWS_TOKEN
+    page.evaluate(STATUS_OBSERVER)
+    with page.expect_request("**/documents") as upload_info:
+        page.locator("#upload-file").set_input_files(park)
+        page.locator("#upload-send").click()
+    request = upload_info.value
+    assert request.method == "POST"
+    assert request.headers["authorization"] == f"Bearer {NEWS_TOKEN}"
+    row = page.locator("#doc-files li.doc-file").filter(has=page.locator(".file-name", has_text=park.name))
+    expect(row).to_have_count(1)
+    expect(row.locator(".file-count")).to_have_text("1 篇文章")
+    expect(page.locator("#docs-status-text")).to_contain_text(f"已添加 {park.name}")
+    shown = page.evaluate("window.__status")
+    assert any("正在更新索引" in t for t in shown), shown  # shown until the server answered
+    expect(page.locator("#docs-error")).to_be_hidden()
+    # The token never leaves the tab's sessionStorage but in the Authorization header.
+    assert NEWS_TOKEN not in page.url
+    assert NEWS_TOKEN not in (page.evaluate("JSON.stringify(localStorage)") or "")
+    assert all(NEWS_TOKEN not in u for u in w.requests)
+    return row
+
+
+def delete_from_the_page(page: Page, row: Any, news_server: str, source: str) -> None:
+    delete = row.locator("button.delete")
+    delete.click()
+    expect(delete).to_have_text("确认删除？")  # asked first, no dialog
+    with page.expect_request(f"**/documents/{quote(source, safe='')}") as delete_info:
+        delete.click()
+    assert delete_info.value.method == "DELETE"
+    expect(row).to_have_count(0)
+    expect(page.locator("#docs-status-text")).to_contain_text(f"已删除 {source}")
+    sources = [f["source"] for f in httpx.get(f"{news_server}/documents", timeout=60).json()["files"]]
+    assert source not in sources
+
+
+def test_upload_and_delete_from_the_page(news: Watched, news_server: str, tmp_path: Path) -> None:
+    page = news.page
+    before = ask(page, PARK_QUESTION)
+    assert PARK_ANSWER not in (before.locator(".answer").text_content() or "")
+
+    page.locator("#docs-open").click()
+    expect(page.locator("#docs")).to_be_visible()
+    listing = check_listing(page, news_server)
+    park = tmp_path / PARK_FILE
+    park.write_text(PARK_DOC, encoding="utf-8")
+    refused_with_a_wrong_token(page, park, news_server, listing)
+    try:
+        row = upload_from_the_page(news, park)
+        page.screenshot(path=SHOTS / "documents_uploaded.png")
+        page.locator("#docs-close").click()
+        after = ask(page, PARK_QUESTION)
+        expect(after.locator(".answer")).to_contain_text(PARK_ANSWER)
+        expect(after.locator(".evidence mark")).to_have_text(PARK_ANSWER)
+
+        page.locator("#docs-open").click()
+        delete_from_the_page(page, row, news_server, PARK_FILE)
+    finally:
+        httpx.delete(f"{news_server}/documents/{quote(PARK_FILE, safe='')}", headers=NEWS_ADMIN, timeout=120)
+
+    page.locator("#docs-close").click()
+    gone = ask(page, PARK_QUESTION)
+    assert PARK_ANSWER not in (gone.locator(".answer").text_content() or "")
+    # The token is kept in this tab's storage: a reload does not ask for it again.
+    page.reload()
+    page.locator("#docs-open").click()
+    expect(page.locator("#token-state")).to_be_visible()
+    news.check_clean()
+
+
+def test_document_errors_are_in_chinese(news: Watched, news_server: str) -> None:
+    page = news.page
+    garbled = bytes(range(256)) * 4
+    refused = httpx.post(
+        f"{news_server}/documents",
+        headers=NEWS_ADMIN,
+        files={"file": ("乱码.txt", garbled, "text/plain")},
+        timeout=120,
+    )
+    assert refused.status_code == 400
+    reason = refused.json()["message"]
+    page.locator("#docs-open").click()
+    page.locator("#token").fill(NEWS_TOKEN)
+    page.locator("#token-save").click()
+    # Wrong type: refused by the page before it is sent.
+    page.locator("#upload-file").set_input_files(
+        {"name": "照片.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes(16)}
+    )
+    page.locator("#upload-send").click()
+    expect(page.locator("#docs-error")).to_have_text(
+        "不支持 照片.png 的文件类型；请上传 .txt、.md 文本文件。"
+    )
+    # A file the server cannot read (binary under a .txt name): the server's 400, in Chinese.
+    page.locator("#upload-file").set_input_files(
+        {"name": "乱码.txt", "mimeType": "text/plain", "buffer": garbled}
+    )
+    with page.expect_response("**/documents") as response_info:
+        page.locator("#upload-send").click()
+    assert response_info.value.status == 400
+    error = page.locator("#docs-error")
+    expect(error).to_contain_text("乱码.txt")
+    expect(error).to_contain_text(reason)  # the server's reason, with what to do
+    expect(page.locator("#docs")).to_have_attribute("aria-busy", "false")  # the list is refreshed
+    # Deleting a file someone else removed meanwhile: 404, said in Chinese, list refreshed.
+    page.route(
+        "**/documents/*",
+        lambda route: (
+            route.fulfill(status=404, json={"detail": "no document", "message": "no document"})
+            if route.request.method == "DELETE"
+            else route.continue_()
+        ),
+    )
+    row = page.locator("#doc-files li.doc-file").first
+    name = row.locator(".file-name").text_content() or ""
+    row.locator("button.delete").click()
+    row.locator("button.delete").click()
+    expect(error).to_have_text(f"找不到 {name}，它可能已被删除；列表已刷新。")
+    page.screenshot(path=SHOTS / "documents_error.png")
+    news.check_clean()
+
+
+def test_two_conversations(news: Watched) -> None:
+    page = news.page
+    first = ask(page, TEA_QUESTION)
+    first_answer = first.locator(".answer").text_content() or ""
+    conversations = page.locator("#conversations button.conversation")
+    expect(conversations).to_have_count(1)
+    expect(conversations.first).to_contain_text(TEA_QUESTION)
+
+    page.locator("#new-chat").click()
+    expect(page.locator("li.turn")).to_have_count(0)
+    expect(page.locator("#welcome")).to_be_visible()
+    with page.expect_request("**/ask/stream") as request_info:
+        second = ask(page, BRIDGE_QUESTION)
+    assert json.loads(request_info.value.post_data or "{}")["history"] == []  # a new conversation
+    second_answer = second.locator(".answer").text_content() or ""
+    expect(conversations).to_have_count(2)
+    expect(conversations.first).to_contain_text(BRIDGE_QUESTION)  # the latest first
+    expect(conversations.first).to_have_attribute("aria-current", "true")
+
+    conversations.filter(has_text=TEA_QUESTION).click()
+    turns = page.locator("li.turn")
+    expect(turns).to_have_count(1)
+    expect(turns.first.locator(".msg.user")).to_have_text(TEA_QUESTION)
+    expect(turns.first.locator(".answer")).to_have_text(first_answer)
+    # A follow-up here is read with this conversation's history only.
+    with page.expect_request("**/ask/stream") as request_info:
+        ask(page, "游客有多少人次？")
+    sent = json.loads(request_info.value.post_data or "{}")
+    assert [m["content"] for m in sent["history"]] == [TEA_QUESTION, first_answer]
+    page.screenshot(path=SHOTS / "two_conversations.png")
+
+    conversations.filter(has_text=BRIDGE_QUESTION).click()
+    expect(turns).to_have_count(1)
+    expect(turns.first.locator(".msg.user")).to_have_text(BRIDGE_QUESTION)
+    expect(turns.first.locator(".answer")).to_have_text(second_answer)
+
+    page.reload()  # both kept in the browser; the one shown stays shown
+    expect(conversations).to_have_count(2)
+    expect(turns).to_have_count(1)
+    expect(turns.first.locator(".msg.user")).to_have_text(BRIDGE_QUESTION)
+    conversations.filter(has_text=TEA_QUESTION).click()
+    expect(turns).to_have_count(2)
+
+    page.locator("#clear").click()  # deletes the conversation shown, not the other one
+    expect(turns).to_have_count(0)
+    expect(conversations).to_have_count(2)  # the other one and the new empty one
+    expect(conversations.filter(has_text=TEA_QUESTION)).to_have_count(0)
+    page.reload()
+    conversations.filter(has_text=BRIDGE_QUESTION).click()
+    expect(turns).to_have_count(1)
+    news.check_clean()
+
+
+def test_a_thumbs_up_reaches_the_feedback_store(news: Watched, news_server: str) -> None:
+    page = news.page
+    turn = ask(page, BRIDGE_QUESTION)
+    answer = turn.locator(".answer").text_content() or ""
+    with page.expect_response("**/feedback") as response_info:
+        turn.locator("button.thumb.up").click()
+    assert response_info.value.status == 201
+    feedback_id = response_info.value.json()["id"]
+    expect(turn.locator(".feedback-note")).to_have_text("已记录，谢谢反馈")
+    expect(turn.locator("button.thumb.up")).to_have_attribute("aria-pressed", "true")
+    expect(turn.locator("button.thumb.down")).to_be_disabled()
+    page.screenshot(path=SHOTS / "feedback_recorded.png")
+
+    conversation_id = page.evaluate("JSON.parse(localStorage.getItem('rag-zh.conversations.v2')).active")
+    r = httpx.get(f"{news_server}/feedback", headers=NEWS_ADMIN, timeout=60)
+    assert r.status_code == 200
+    rows = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    row = next(x for x in rows if x["id"] == feedback_id)
+    assert row["rating"] == "up"
+    assert row["question"] == BRIDGE_QUESTION
+    assert row["answer"] == answer
+    assert row["conversation_id"] == conversation_id
+    assert row["answer_mode"] == "extractive"
+    assert row["citations"] and all(c.split("#")[0] == "港城跨海大桥.md" for c in row["citations"])
+
+    page.reload()  # shown as recorded after a reload, and not sent twice
+    turn = page.locator("li.turn").first
+    expect(turn.locator("button.thumb.up")).to_have_attribute("aria-pressed", "true")
+    expect(turn.locator("button.thumb.up")).to_be_disabled()
+    news.check_clean()
