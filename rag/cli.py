@@ -306,20 +306,6 @@ def search(
         )
 
 
-def cited_ids(text: str) -> list[int]:
-    """The citation numbers ``[n]`` (or ``[1, 2]``, ``【3】``) in an answer, in order, once each."""
-    import re
-
-    from rag.verification import CITATION_MARKER
-
-    ids: list[int] = []
-    for match in CITATION_MARKER.finditer(text):
-        for n in re.split(r"[,，、]", match.group(1)):
-            if n.strip().isdigit() and int(n) not in ids:
-                ids.append(int(n))
-    return ids
-
-
 def answer_lines(answer: Answer) -> list[str]:
     """``rag ask``'s text output: the answer, its sentence, and only the passages it cites.
 
@@ -327,6 +313,8 @@ def answer_lines(answer: Answer) -> list[str]:
     """
     lines = [answer.answer]
     by_id = {c.id: c for c in answer.citations}
+    from rag.verification import cited_ids
+
     cited = [by_id[n] for n in cited_ids(answer.answer) if n in by_id]
     if answer.abstained or not cited:
         nearest = list(answer.citations[:NEAREST_SHOWN])

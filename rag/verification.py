@@ -122,6 +122,11 @@ def _markers(sentence: str) -> list[int]:
     return [int(n) for m in CITATION_MARKER.finditer(sentence) for n in re.split(r"[,，、]", m.group(1))]
 
 
+def cited_ids(text: str) -> list[int]:
+    """The citation numbers ``[n]`` (or ``[1, 2]``, ``【3】``) in ``text``, in order, once each."""
+    return list(dict.fromkeys(_markers(text)))
+
+
 def _searchable(text: str) -> str:
     return _THOUSANDS.sub("", fold(squash(text)))
 

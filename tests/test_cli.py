@@ -22,9 +22,10 @@ import pytest
 from bad_docs import BAD_REASONS, GOOD_NAME, GOOD_QUESTION, write_bad_docs
 from typer.testing import CliRunner
 
-from rag.cli import answer_lines, app, cited_ids
+from rag.cli import answer_lines, app
 from rag.models import NOT_FOUND, Answer, Chunk, Citation
 from rag.settings import Settings
+from rag.verification import cited_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLIANCE_QUESTION = "锦屏成立了什么联盟"

@@ -19,7 +19,6 @@ from rag.evaluation.metrics import (
     AbstentionStats,
     Latency,
     answer_contains,
-    cited_ids,
     cmrc_em,
     cmrc_f1,
     cmrc_normalize,
@@ -56,6 +55,7 @@ from rag.evaluation.sets import (
 )
 from rag.models import Answer, Chunk, Citation
 from rag.settings import Settings
+from rag.verification import cited_ids
 
 # --------------------------------------------------------------------------------------
 # CMRC 2018 normalization, EM and F1 (values computed by hand)

@@ -47,17 +47,6 @@ def strip_citations(answer: str) -> str:
     return _CITATION.sub("", answer).strip()
 
 
-def cited_ids(answer: str) -> list[int]:
-    """Citation numbers referenced by ``[n]`` markers, in order, without repeats."""
-    ids: list[int] = []
-    for group in _CITATION.findall(answer):
-        for part in re.split(r"[,，、]", group):
-            n = int(part.strip())
-            if n not in ids:
-                ids.append(n)
-    return ids
-
-
 def _stripped(ch: str) -> bool:
     return ch in _EXTRA_STRIP or unicodedata.category(ch).startswith("P")
 

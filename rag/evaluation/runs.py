@@ -21,7 +21,6 @@ from rag.evaluation.metrics import (
     RETRIEVAL_METRICS,
     AbstentionStats,
     answer_contains,
-    cited_ids,
     cmrc_em,
     cmrc_f1,
     mean,
@@ -44,6 +43,7 @@ from rag.models import Answer, Turn
 from rag.reader import Reader
 from rag.retrieval import Retriever
 from rag.settings import RetrievalMode
+from rag.verification import cited_ids
 
 log = logging.getLogger(__name__)
 
