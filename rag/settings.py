@@ -110,3 +110,36 @@ class Settings(BaseSettings):
     # Service
     admin_token: str | None = None
     max_upload_bytes: int = 2_000_000
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description=(
+            "Host header values accepted (DNS-rebinding guard); `rag serve --host` adds its own "
+            'address; ["*"] accepts any.'
+        ),
+    )
+
+    # Limits: what one request may cost (README "Limits"). Hitting one answers a 4xx or a 503
+    # that names the limit and the setting that changes it.
+    max_conversation_chars: int = Field(
+        50_000, ge=1, description="Characters of all messages (or history) of one request together (413)."
+    )
+    max_query_terms: int = Field(
+        64, ge=1, description="Distinct search terms of one query that BM25 uses (the rest are dropped)."
+    )
+    request_timeout: float = Field(
+        20.0, gt=0, description="Seconds one answer may take before it is cut short (503, Retry-After)."
+    )
+    max_concurrent_answers: int = Field(
+        2, ge=1, description="Answers computed at once (one per CPU core); the rest wait in a queue."
+    )
+    max_queued_answers: int = Field(32, ge=0, description="Requests that may wait; beyond them 503 at once.")
+    queue_timeout: float = Field(
+        10.0, ge=0, description="Seconds a request waits for an answer slot before 503 (Retry-After)."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send its request line and headers."
+    )
+    keep_alive_timeout: float = Field(5.0, gt=0, description="Idle seconds before a kept-alive connection closes.")
+    max_connections: int = Field(
+        256, ge=1, description="Connections served at once; beyond them the server answers 503."
+    )
