@@ -14,6 +14,14 @@ class IndexError_(RagError):
     """The index is missing, stale or was built with other settings."""
 
 
+class StaleIndexError(IndexError_):
+    """The live build was made with another model or other settings: rebuild it."""
+
+
+class CorruptIndexError(IndexError_):
+    """A file of the live build is unreadable or disagrees with the rest, and no older build is good."""
+
+
 class EmbeddingError(RagError):
     """The configured embedding model cannot be loaded."""
 
