@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html import escape as html_escape
@@ -62,6 +63,20 @@ def upload(
         files={"file": (name, data, content_type)},
         headers=kw.pop("headers", ADMIN),
     )
+
+
+def job_result(client: httpx.Client, r: httpx.Response, status: str = "done", timeout: float = 300) -> dict:
+    """An upload's or delete's 202, followed to its job's end: the job's last state (``status`` checked)."""
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    assert r.headers["location"] == f"/documents/jobs/{job['id']}"
+    deadline = time.monotonic() + timeout
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = client.get(f"/documents/jobs/{job['id']}").json()
+    assert job["status"] == status, job
+    return job
 
 
 def sse_events(text: str) -> list[tuple[str, dict]]:
@@ -317,7 +332,8 @@ def test_documents_list_and_read(client: httpx.Client, api_settings: Settings) -
     r = client.get("/documents")
     assert r.status_code == 200
     listing = r.json()
-    assert set(listing) == {"files", "skipped", "articles", "counts"}
+    assert set(listing) == {"files", "skipped", "articles", "counts", "unindexed", "unindexed_hint"}
+    assert listing["unindexed"] == [] and listing["unindexed_hint"] is None
     docs = listing["articles"]
     assert len(docs) > 5
     files = {f["source"]: f for f in listing["files"]}
@@ -371,10 +387,15 @@ def test_openapi_documents_the_routes(client: httpx.Client) -> None:
         "/search",
         "/documents",
         "/documents/{doc_id}",
+        "/documents/jobs/{job_id}",
         "/healthz",
         "/v1/chat/completions",
     ]:
         assert path in paths
+    upload_202 = paths["/documents"]["post"]["responses"]["202"]
+    assert "Location" in upload_202["headers"]
+    assert upload_202["content"]["application/json"]["schema"]["$ref"].endswith("/JobAccepted")
+    assert "202" in paths["/documents/{doc_id}"]["delete"]["responses"]
     ask = schema["components"]["schemas"]["AskResponse"]["properties"]
     assert {"question", "answer", "citations", "timings_ms"} <= set(ask)
     assert client.get("/docs").status_code == 200
@@ -491,9 +512,7 @@ def test_page_gets_its_settings_from_the_server(client: httpx.Client, api_settin
 
 
 def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Settings) -> None:
-    r = upload(client, "星光书屋.txt", LIBRARY_DOC.encode())
-    assert r.status_code == 201, r.text
-    body = r.json()
+    body = job_result(client, upload(client, "星光书屋.txt", LIBRARY_DOC.encode()))["upload"]
     assert body["source"] == "星光书屋.txt"
     assert body["articles"] and body["articles"][0]["id"] == "星光书屋.txt#0"
     assert (api_settings.docs_dir / "星光书屋.txt").read_text(encoding="utf-8") == LIBRARY_DOC
@@ -503,9 +522,10 @@ def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Sett
         assert "星光书屋" in answer["citations"][0]["text"]
         assert any(d["source"] == "星光书屋.txt" for d in client.get("/documents").json()["articles"])
     finally:
-        deleted = client.delete(f"/documents/{quote('星光书屋.txt#0', safe='')}", headers=ADMIN)
-    assert deleted.status_code == 200, deleted.text
-    assert deleted.json()["deleted"] == "星光书屋.txt"
+        deleted = job_result(
+            client, client.delete(f"/documents/{quote('星光书屋.txt#0', safe='')}", headers=ADMIN)
+        )
+    assert deleted["delete"]["deleted"] == "星光书屋.txt"
     assert not (api_settings.docs_dir / "星光书屋.txt").exists()
     answer = client.post("/ask", json={"question": LIBRARY_QUESTION}).json()
     assert all(c["source"] != "星光书屋.txt" for c in answer["citations"])
@@ -515,27 +535,16 @@ def test_upload_then_answer_then_delete(client: httpx.Client, api_settings: Sett
 
 def test_upload_replaces_a_file_of_the_same_name(client: httpx.Client) -> None:
     try:
-        assert (
-            upload(
-                client,
-                "replace_me.md",
-                "# 初版标题\n\n初版内容：柳塘村修好了一条路。".encode(),
-            ).status_code
-            == 201
-        )
-        r = upload(
-            client,
-            "replace_me.md",
-            "# 修订标题\n\n修订内容：柳塘村建好了一座桥。".encode(),
-        )
-        assert r.status_code == 201
-        assert r.json()["replaced"] is True
+        first = upload(client, "replace_me.md", "# 初版标题\n\n初版内容：柳塘村修好了一条路。".encode())
+        assert job_result(client, first)["upload"]["replaced"] is False
+        r = upload(client, "replace_me.md", "# 修订标题\n\n修订内容：柳塘村建好了一座桥。".encode())
+        assert job_result(client, r)["upload"]["replaced"] is True
         titles = [
             d["title"] for d in client.get("/documents").json()["articles"] if d["source"] == "replace_me.md"
         ]
         assert titles == ["修订标题"]
     finally:
-        client.delete("/documents/replace_me.md", headers=ADMIN)
+        job_result(client, client.delete("/documents/replace_me.md", headers=ADMIN))
 
 
 def test_upload_needs_the_admin_token(client: httpx.Client, api_settings: Settings) -> None:
@@ -581,8 +590,11 @@ def test_uploads_are_off_without_a_token(api_settings: Settings, embedder: Embed
         ("latin.txt", bytes(range(128, 256)) * 4, "text/plain", 400, "latin.txt"),
         ("image.txt", "文字".encode(), "image/png", 415, "image.txt"),
         ("empty.txt", b"", "text/plain", 400, "empty.txt"),
-        ("..", "文字".encode(), "text/plain", 415, ".."),
-        ("../.txt", "文字".encode(), "text/plain", 415, ".txt"),
+        # A name that is only dots, spaces or a suffix is a bad name (400), not a bad type.
+        ("..", "文字".encode(), "text/plain", 400, ".."),
+        ("../.txt", "文字".encode(), "text/plain", 400, ".txt"),
+        (".txt", "文字".encode(), "text/plain", 400, ".txt"),
+        ("   ", "文字".encode(), "text/plain", 400, "no name"),
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(
@@ -618,12 +630,11 @@ def test_path_escapes_stay_in_the_docs_folder(client: httpx.Client, api_settings
     root = api_settings.docs_dir.parent
     for raw in ["../../escape.txt", "..\\..\\escape.txt", "/etc/escape.txt"]:
         r = upload(client, raw, "逃逸测试：这份文件只能保存在资料文件夹里。".encode())
-        assert r.status_code == 201, r.text
-        assert r.json()["source"] == "escape.txt"
+        assert job_result(client, r)["upload"]["source"] == "escape.txt"
         assert (api_settings.docs_dir / "escape.txt").is_file()
         assert not (root / "escape.txt").exists() and not (root.parent / "escape.txt").exists()
     assert not Path("/etc/escape.txt").exists()
-    assert client.delete("/documents/escape.txt", headers=ADMIN).status_code == 200
+    job_result(client, client.delete("/documents/escape.txt", headers=ADMIN))
     assert not (api_settings.docs_dir / "escape.txt").exists()
     # Deleting goes by indexed names only: no path reaches the file system.
     assert client.delete("/documents/..%2Fdocs%2F" + PAGE_000, headers=ADMIN).status_code == 404
@@ -646,9 +657,7 @@ def test_safe_filename(raw: str, safe: str) -> None:
 
 
 def test_xss_document_is_served_as_text(client: httpx.Client) -> None:
-    r = upload(client, "xss.txt", XSS_DOC.encode())
-    assert r.status_code == 201, r.text
-    doc_id = r.json()["articles"][0]["id"]
+    doc_id = job_result(client, upload(client, "xss.txt", XSS_DOC.encode()))["upload"]["articles"][0]["id"]
     try:
         article = client.get(f"/documents/{quote(doc_id, safe='')}").json()
         assert "<script>alert(1)</script>" in article["text"]
@@ -658,7 +667,7 @@ def test_xss_document_is_served_as_text(client: httpx.Client) -> None:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
         assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
     finally:
-        client.delete(f"/documents/{quote(doc_id, safe='')}", headers=ADMIN)
+        job_result(client, client.delete(f"/documents/{quote(doc_id, safe='')}", headers=ADMIN))
 
 
 def test_unexpected_errors_are_json_with_headers(
@@ -712,14 +721,13 @@ def test_documents_in_subfolders_keep_their_own_identity(
         r = c.post(
             "/documents", files={"file": ("x.txt", "# 顶层\n\n顶层文件的内容。".encode())}, headers=admin
         )
-        assert r.status_code == 201, r.text
-        assert r.json()["source"] == "x.txt" and r.json()["replaced"] is False
+        added = job_result(c, r)["upload"]
+        assert added["source"] == "x.txt" and added["replaced"] is False
         assert {f["source"] for f in c.get("/documents").json()["files"]} == {"a/x.txt", "b/x.txt", "x.txt"}
 
-        deleted = c.delete("/documents/a/x.txt", headers=admin)
-        assert deleted.status_code == 200, deleted.text
-        assert deleted.json()["deleted"] == "a/x.txt"
-        assert deleted.json()["articles"] == ["a/x.txt#0"]
+        deleted = job_result(c, c.delete("/documents/a/x.txt", headers=admin))["delete"]
+        assert deleted["deleted"] == "a/x.txt"
+        assert deleted["articles"] == ["a/x.txt#0"]
         assert not (docs / "a" / "x.txt").exists()
         assert (docs / "b" / "x.txt").is_file() and (docs / "x.txt").is_file()
         assert {f["source"] for f in c.get("/documents").json()["files"]} == {"b/x.txt", "x.txt"}
@@ -781,11 +789,11 @@ def test_documents_lists_the_skipped_files_with_why(bad_docs_server: tuple[str, 
             files={"file": ("more.txt", "# 新闻\n\n本报讯 某县博物馆新增展品三百件。".encode())},
             headers=admin,
         )
-        assert r.status_code == 201, r.text
+        job_result(c, r)
         after = c.get("/documents").json()
         assert [f["source"] for f in after["files"]] == [GOOD_NAME, "more.txt"]
         assert {s["source"] for s in after["skipped"]} == set(BAD_REASONS)
         # A skipped .md can be deleted by its name, as a listed file; then it is no longer skipped.
-        assert c.delete("/documents/binary.md", headers=admin).status_code == 200
+        job_result(c, c.delete("/documents/binary.md", headers=admin))
         assert "binary.md" not in {s["source"] for s in c.get("/documents").json()["skipped"]}
         assert not (bad.docs_dir / "binary.md").exists()

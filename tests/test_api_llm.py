@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,12 @@ def test_rebuilds_reuse_the_one_llm_client_and_shutdown_closes_it(
                 files={"file": ("c.txt", "新闻标题\n\n本报讯 新的一篇报道。\n".encode())},
                 headers={"Authorization": "Bearer t"},
             )
-            assert r.status_code == 201, r.text
+            assert r.status_code == 202, r.text  # an upload is a job (issue 13): wait for it
+            job = service.job(r.json()["job"]["id"])
+            deadline = time.monotonic() + 120
+            while job.status in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert job.status == "done", job.error
             after = service.engine
             assert after is not before and after.answerer is not before.answerer  # rebuilt ...
             assert after.answerer.llm is llm  # ... with the same client

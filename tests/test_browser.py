@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,19 @@ class Watched:
         assert self.page.evaluate("window.__cspViolations") == []
         outside = [u for u in self.requests if not u.startswith((self.base, "data:"))]
         assert outside == []
+
+
+def finished_job(api: httpx.Client, r: httpx.Response, timeout: float = 300) -> dict:
+    """Follow an upload's or delete's 202 to the end of its job; returns the job (status done)."""
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    deadline = time.monotonic() + timeout
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = api.get(f"/documents/jobs/{job['id']}").json()
+    assert job["status"] == "done", job
+    return job
 
 
 def open_page(browser: Browser, base: str, **context: Any) -> Watched:
@@ -288,8 +302,7 @@ def test_xss_document_renders_as_text(watched: Watched, live_server: str) -> Non
     page = watched.page
     with httpx.Client(base_url=live_server, timeout=120, headers=ADMIN) as api:
         r = api.post("/documents", files={"file": ("xss.txt", XSS_DOC.encode(), "text/plain")})
-        assert r.status_code == 201, r.text
-        doc_id = r.json()["articles"][0]["id"]
+        doc_id = finished_job(api, r)["upload"]["articles"][0]["id"]
         try:
             turn = ask(page, "紫藤湾社区举办了什么讲座")
             titles = turn.locator(".source-title")
@@ -308,7 +321,7 @@ def test_xss_document_renders_as_text(watched: Watched, live_server: str) -> Non
             expect(page.locator("#article-text")).to_contain_text("<img src=x onerror=alert(1)>")
             assert page.locator("article img, article script").count() == 0
         finally:
-            api.delete(f"/documents/{quote(doc_id, safe='')}")
+            finished_job(api, api.delete(f"/documents/{quote(doc_id, safe='')}"))
     assert watched.dialogs == []
     watched.check_clean()
 
@@ -645,7 +658,9 @@ def upload_from_the_page(w: Watched, park: Path) -> Any:
     expect(row.locator(".file-count")).to_have_text("1 篇文章")
     expect(page.locator("#docs-status-text")).to_contain_text(f"已添加 {park.name}")
     shown = page.evaluate("window.__status")
-    assert any("正在更新索引" in t for t in shown), shown  # shown until the server answered
+    assert any("正在更新索引" in t for t in shown), shown  # shown while the job ran
+    # The upload is a job: answered 202, then polled until done, then the list refreshed.
+    assert any(re.search(r"/documents/jobs/[0-9a-f]{32}$", u) for u in w.requests), w.requests
     expect(page.locator("#docs-error")).to_be_hidden()
     # The token never leaves the tab's sessionStorage but in the Authorization header.
     assert NEWS_TOKEN not in page.url
@@ -749,6 +764,67 @@ def test_document_errors_are_in_chinese(news: Watched, news_server: str) -> None
     row.locator("button.delete").click()
     expect(error).to_have_text(f"找不到 {name}，它可能已被删除；列表已刷新。")
     page.screenshot(path=SHOTS / "documents_error.png")
+    news.check_clean()
+
+
+XSS_UPLOAD_NAME = '<img src=x onerror=alert("name")><script>alert(2)</script>湿地.md'
+XSS_UPLOAD_DOC = (
+    '# 鹭鸣湾<img src=x onerror=alert("title")>观鸟节<script>alert(3)</script>\n\n'
+    "本报讯（通讯员 郑雨桐）鹭鸣湾首届观鸟节近日开幕，共有二百六十名观鸟爱好者参加。"
+    '主办方提醒，<img src=x onerror=alert("body")>和<script>alert(4)</script>都只是演示文字，'
+    '[点我领奖](javascript:alert(5)) 与 <a href="javascript:alert(6)">这个链接</a> 也不要点击。\n'
+)
+XSS_UPLOAD_QUESTION = "鹭鸣湾首届观鸟节共有多少名观鸟爱好者参加"
+
+
+def test_a_document_uploaded_with_xss_in_its_name_title_and_body_shows_as_text(
+    news: Watched, news_server: str
+) -> None:
+    """Uploaded through the page: the name, title and body show as text and nothing fires."""
+    page = news.page
+    page.locator("#docs-open").click()
+    page.locator("#token").fill(NEWS_TOKEN)
+    page.locator("#token-save").click()
+    page.locator("#upload-file").set_input_files(
+        {"name": XSS_UPLOAD_NAME, "mimeType": "text/markdown", "buffer": XSS_UPLOAD_DOC.encode()}
+    )
+    page.locator("#upload-send").click()
+    status = page.locator("#docs-status-text")
+    expect(status).to_contain_text("已添加")
+    listed = httpx.get(f"{news_server}/documents", timeout=60).json()
+    (source,) = [a["source"] for a in listed["articles"] if "观鸟节" in a["title"]]
+    try:
+        (title,) = [a["title"] for a in listed["articles"] if a["source"] == source]
+        assert "<img src=x" in title and "<script>" in title  # kept as text by the server
+        row = page.locator("#doc-files li.doc-file").filter(has=page.locator(".file-name", has_text=source))
+        expect(row).to_have_count(1)
+        row.locator("summary").click()
+        expect(row.locator(".article-list a")).to_have_text(title)
+        expect(status).to_contain_text(source)
+        assert page.locator("#docs img, #docs script").count() == 0
+        assert page.locator("a[href^='javascript:' i]").count() == 0
+
+        page.locator("#docs-close").click()
+        turn = ask(page, XSS_UPLOAD_QUESTION)
+        expect(turn.locator(".answer")).to_contain_text("二百六十")
+        turn.locator(".source-title").filter(has_text="观鸟节").first.click()
+        passage = page.locator("#panel-text")
+        expect(passage).to_contain_text('<img src=x onerror=alert("body")>')
+        expect(passage).to_contain_text("<script>alert(4)</script>")
+        expect(page.locator("#panel-title")).to_contain_text('<img src=x onerror=alert("title")>')
+        assert page.locator("#panel img, #messages img, #panel script, #messages script").count() == 0
+        assert page.locator("a[href^='javascript:' i]").count() == 0
+        page.screenshot(path=SHOTS / "xss_upload_as_text.png")
+
+        article_id = next(a["id"] for a in listed["articles"] if a["source"] == source)
+        page.goto(f"/read/{quote(article_id, safe='')}")
+        expect(page.locator("#article-text")).to_contain_text("javascript:alert(5)")
+        expect(page.locator("#article-text")).to_contain_text("<script>alert(4)</script>")
+        assert page.locator("article img, article script, a[href^='javascript:' i]").count() == 0
+    finally:
+        with httpx.Client(base_url=news_server, timeout=120, headers=NEWS_ADMIN) as api:
+            finished_job(api, api.delete(f"/documents/{quote(source, safe='')}"))
+    assert news.dialogs == []
     news.check_clean()
 
 

@@ -442,3 +442,100 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# Document jobs (uploads and deletes run as jobs; issue 13) ------------------------------
+
+if TYPE_CHECKING:
+    from rag.api.service import Job
+
+
+class DocumentIndexList(DocumentList):
+    """``GET /documents``: what the live index holds, and the docs folder's files it does not."""
+
+    unindexed: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Documents in the docs folder that the index does not hold (copied in by hand, or left "
+            "by an interrupted upload). Uploads and deletes never index them; `rag build` does."
+        ),
+    )
+    unindexed_hint: str | None = Field(None, description="What to do about `unindexed`; null when empty.")
+
+    @classmethod
+    def from_listing(cls, listing: DocumentListing) -> DocumentIndexList:
+        """The response form of :meth:`rag.api.service.Service.document_list`."""
+        from rag.api.service import UNINDEXED_HINT
+
+        base = DocumentList.from_listing(listing).model_dump()
+        unindexed = list(listing.unindexed)
+        return cls(**base, unindexed=unindexed, unindexed_hint=UNINDEXED_HINT if unindexed else None)
+
+
+JobStatusName = Literal["queued", "running", "done", "failed"]
+
+
+class JobOut(BaseModel):
+    """One document change: queued, running, done (with what it did) or failed (with why)."""
+
+    id: str = Field(description="Poll ``GET /documents/jobs/{id}`` until the status is done or failed.")
+    kind: Literal["upload", "delete"]
+    status: JobStatusName
+    stage: str = Field(description="Progress: queued, indexing, loading (the new index), done, failed.")
+    source: str = Field(description="The document: the name an upload is saved under, or the file deleted.")
+    requested: str = Field(description="What was sent: the upload's file name, or the id to delete.")
+    renamed: bool = Field(
+        description="The upload is saved under another name than it was sent with (cleaned or shortened)."
+    )
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    timings_ms: dict[str, float] = Field(
+        description="``queued``: time waiting for earlier jobs; ``run``: the rebuild (so far)."
+    )
+    upload: UploadResult | None = Field(None, description="When an upload is done: what it added.")
+    delete: DeleteResult | None = Field(None, description="When a delete is done: what it removed.")
+    error: str | None = Field(None, description="When failed: why, on one line.")
+    error_status: int | None = Field(
+        None, description="When failed: the HTTP status the error would have had (e.g. 409, 400)."
+    )
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        """The wire form of a :class:`rag.api.service.Job`."""
+        from rag.api.service import Deletion, Upload
+
+        result = job.result
+        upload = delete = None
+        if isinstance(result, Upload):
+            upload = UploadResult(
+                source=result.source,
+                replaced=result.replaced,
+                articles=[DocumentSummary.from_article(a) for a in result.articles],
+                counts=result.counts,
+            )
+        elif isinstance(result, Deletion):
+            delete = DeleteResult(deleted=result.source, articles=result.article_ids, counts=result.counts)
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            stage=job.stage,
+            source=job.source,
+            requested=job.requested,
+            renamed=job.renamed,
+            created_at=job.iso(job.created) or "",
+            started_at=job.iso(job.started),
+            finished_at=job.iso(job.finished),
+            timings_ms=job.timings_ms(),
+            upload=upload,
+            delete=delete,
+            error=job.error,
+            error_status=job.error_status,
+        )
+
+
+class JobAccepted(BaseModel):
+    """``202 Accepted``: the change is queued; ``Location`` names the job to poll."""
+
+    job: JobOut

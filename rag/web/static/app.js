@@ -908,7 +908,12 @@
       case 404:
         return `找不到 ${name}，它可能已被删除；列表已刷新。`;
       case 409:
-        return hasChinese(detail) ? detail : `${name} 是最后一个文档，不能删除；请先上传其他文档。`;
+        if (hasChinese(detail)) return detail;
+        if (/missing from/.test(detail)) {
+          return `索引里的部分文件已不在服务器的资料文件夹中，为免丢失，索引没有改动：请恢复这些文件，或在服务器上运行 rag build 重建索引（服务器说：${detail}）。`;
+        }
+        if (/shutting down|shut down/.test(detail)) return `服务器正在关闭，${name} 没有处理；请在服务器重启后重试。`;
+        return `${name} 是最后一个文档，不能删除；请先上传其他文档。`;
       case 413:
         return `${name} 太大：上传上限是 ${formatBytes(MAX_UPLOAD_BYTES)}（RAG_MAX_UPLOAD_BYTES）。`;
       case 415:
@@ -958,6 +963,8 @@
     }
     els.docFiles.replaceChildren(...files.map((f) => fileItem(f, bySource.get(f.source) || [])));
     if (!files.length) els.docFiles.append(el("li", "hint", "资料库里还没有文件。"));
+    // Files in the docs folder that the index does not hold: uploads never index them.
+    const unindexed = Array.isArray(listing.unindexed) ? listing.unindexed : [];
     els.docSkipped.replaceChildren(
       ...skipped.map((s) => {
         const item = el("li", "skipped");
@@ -965,8 +972,17 @@
         item.append(el("span", "file-name", s.source), el("span", "skip-reason", s.reason));
         return item;
       }),
+      ...unindexed.map((source) => {
+        const item = el("li", "skipped unindexed");
+        item.dataset.source = source;
+        item.append(
+          el("span", "file-name", source),
+          el("span", "skip-reason", "在资料文件夹中但不在索引里；请在服务器上运行 rag build 收录"),
+        );
+        return item;
+      }),
     );
-    els.docSkippedBox.hidden = skipped.length === 0;
+    els.docSkippedBox.hidden = skipped.length + unindexed.length === 0;
     renderAdmin();
   }
 
@@ -1020,6 +1036,36 @@
     deleteDocument(source);
   }
 
+  const JOB_POLL_MS = 400;
+  const JOB_STAGES = {
+    queued: "排队等候中",
+    indexing: "正在更新索引",
+    loading: "正在载入新索引",
+  };
+
+  /**
+   * Follow a document job (the 202 of an upload or delete) until it is done or failed.
+   * `onStage` gets the stage's words while it runs; resolves with the job's last state.
+   */
+  async function waitJob(job, onStage) {
+    let state = job;
+    for (;;) {
+      if (state.status === "done" || state.status === "failed") return state;
+      onStage(JOB_STAGES[state.stage] || JOB_STAGES.indexing);
+      await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
+      const resp = await fetch(`/documents/jobs/${encodeURIComponent(state.id)}`, {
+        headers: { Accept: "application/json" },
+      });
+      if (!resp.ok) throw new ServerError(await errorMessage(resp));
+      state = await resp.json();
+    }
+  }
+
+  /** The Chinese message for a failed job, from the status its error would have had. */
+  function jobError(state, name) {
+    return adminError(state.error_status || 500, state.error || "", name);
+  }
+
   async function deleteDocument(source) {
     const token = memoryToken;
     if (!token) return;
@@ -1037,7 +1083,16 @@
       } catch (_err) {
         body = null;
       }
-      if (resp.ok) {
+      if (resp.status === 202 && body && body.job) {
+        const state = await waitJob(body.job, (stage) => showDocsStatus(`正在删除 ${source}，${stage}…`, null));
+        if (state.status === "done") {
+          showDocsStatus(`已删除 ${source}`, false);
+          refreshExamples();
+        } else {
+          showDocsStatus(null);
+          showDocsError(jobError(state, source));
+        }
+      } else if (resp.ok) {
         showDocsStatus(`已删除 ${source}`, false);
         refreshExamples();
       } else {
@@ -1045,9 +1100,9 @@
         showDocsError(adminError(resp.status, detailOf(body, resp.status), source));
         forgetTokenAfter401(resp.status);
       }
-    } catch (_err) {
+    } catch (err) {
       showDocsStatus(null);
-      showDocsError(UNREACHABLE);
+      showDocsError(err instanceof ServerError ? `删除 ${source} 的进度读取失败：${err.message}` : UNREACHABLE);
     } finally {
       await loadDocuments();
       setDocsBusy(false);
@@ -1064,7 +1119,7 @@
       xhr.upload.addEventListener("progress", (e) => {
         if (e.lengthComputable) onSent(e.loaded / e.total);
       });
-      // The bytes are on the server: from here it is the index being rebuilt.
+      // The bytes are on the server: from here it is the checks, then the job that indexes it.
       xhr.upload.addEventListener("load", () => onSent(1));
       xhr.addEventListener("load", () => {
         let body = null;
@@ -1118,17 +1173,24 @@
           if (fraction >= 1) showDocsStatus(`正在更新索引…（${file.name}${count}）`, null);
           else showDocsStatus(`正在上传 ${file.name}${count}… ${Math.round(fraction * 100)}%`, fraction);
         });
-        if (status === 201 && body) {
-          const n = Array.isArray(body.articles) ? body.articles.length : 0;
-          done.push(`${body.replaced ? "已替换" : "已添加"} ${body.source}（${n} 篇文章）`);
-          continue;
+        if (status === 202 && body && body.job) {
+          const state = await waitJob(body.job, (stage) => showDocsStatus(`${stage}…（${file.name}${count}）`, null));
+          if (state.status === "done" && state.upload) {
+            const added = state.upload;
+            const n = Array.isArray(added.articles) ? added.articles.length : 0;
+            const renamed = state.renamed ? `，文件名过长或含特殊字符，已保存为 ${added.source}` : "";
+            done.push(`${added.replaced ? "已替换" : "已添加"} ${added.source}（${n} 篇文章${renamed}）`);
+            continue;
+          }
+          showDocsError(jobError(state, file.name));
+          break;
         }
         showDocsError(adminError(status, detailOf(body, status), file.name));
         forgetTokenAfter401(status);
         break;
       }
     } catch (err) {
-      showDocsError(err.message || UNREACHABLE);
+      showDocsError(err instanceof ServerError ? `上传进度读取失败：${err.message}` : err.message || UNREACHABLE);
     } finally {
       if (done.length) showDocsStatus(done.join("；"), false);
       else showDocsStatus(null);
