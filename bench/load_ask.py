@@ -1,18 +1,28 @@
-"""Load test of ``POST /ask`` against a running server: bounded in requests and time.
+"""Load test of ``POST /ask``: throughput, latency percentiles, errors and server memory.
 
-    rag serve &                      # in another shell
-    .venv/bin/python bench/load_ask.py --url http://127.0.0.1:8000 --requests 200 --concurrency 8
+    .venv/bin/python bench/load_ask.py --serve --concurrency 32 64 --duration 60
+    .venv/bin/python bench/load_ask.py --serve --concurrency 1 --duration 30 --crafted 16
+    .venv/bin/python bench/load_ask.py --url http://127.0.0.1:8000 --concurrency 8   # a running server
 
-Sends ``--requests`` questions (cycling through eval/questions.jsonl, or a built-in list)
-from ``--concurrency`` threads, stops early after ``--max-seconds``, and prints the
-throughput and the p50/p95/p99 latency of the successful requests. Exits 1 if any failed.
+``--serve`` starts ``rag serve`` itself (seeds/ and index/ of the repository, a free port)
+so that the server's resident memory (RSS, from ``/proc``) can be read before and after
+each run; with ``--url`` the RSS is read only when ``--pid`` is given. Each concurrency
+level sends questions (cycling through eval/questions.jsonl) from that many clients for
+``--duration`` seconds and prints throughput, p50/p95/p99 and the errors (a status other
+than 200, or no answer). ``--crafted N`` adds N clients sending long crafted questions
+(2,000 characters) meanwhile: the latency printed is still that of the normal questions,
+the crafted ones' statuses are printed apart. Exits 1 if a normal question failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +32,8 @@ from pathlib import Path
 
 import httpx
 
-QUESTIONS_FILE = Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl"
+ROOT = Path(__file__).resolve().parent.parent
+QUESTIONS_FILE = ROOT / "eval" / "questions.jsonl"
 FALLBACK = [
     "锦屏成立了什么联盟",
     "芯·潮夜市大约有多少个摊位",
@@ -44,6 +55,14 @@ def load_questions(path: Path) -> list[str]:
     return questions or FALLBACK
 
 
+def crafted_questions(count: int = 8) -> list[str]:
+    """Long questions made to cost: 2,000 characters of words from the seed pages, shuffled."""
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "seeds").glob("*.txt")))
+    han = [c for c in text if "\u4e00" <= c <= "\u9fff"]
+    rng = random.Random(13)
+    return ["".join(rng.choice(han) for _ in range(1_990)) + "是什么？" for _ in range(count)]
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     if not sorted_values:
@@ -52,101 +71,169 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of process ``pid`` in MB (Linux ``/proc``), or None."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def start_server(extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``rag serve`` on a free loopback port; waits until it answers /healthz."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rag = Path(sys.executable).with_name("rag")
+    env = {**os.environ, **extra_env}
+    proc = subprocess.Popen(
+        [str(rag), "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL of the server.")
-    parser.add_argument("--requests", type=int, default=200, help="Requests to send in all.")
-    parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight at once.")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="Stop sending after this long.")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--mode", default="auto", choices=["auto", "extractive", "llm"])
-    parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE, help="JSONL with a question field.")
-    parser.add_argument("--warmup", type=int, default=2, help="Unmeasured requests sent first.")
-    parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
-    args = parser.parse_args(argv)
-
-    questions = load_questions(args.questions)
-    base = args.url.rstrip("/")
-    with httpx.Client(base_url=base, timeout=60) as client:
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"rag serve exited with {proc.returncode}")
         try:
-            health = client.get("/healthz").json()
-        except httpx.HTTPError as exc:
-            print(f"error: cannot reach {base} ({exc}); start it with: rag serve", file=sys.stderr)
-            return 2
-        for i in range(args.warmup):
-            client.post("/ask", json={"question": questions[i % len(questions)], "top_k": args.top_k})
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("rag serve did not start within 600 s")
 
+
+def run_level(
+    base: str, questions: list[str], concurrency: int, seconds: float, crafted: int, pid: int | None
+) -> dict[str, object]:
+    """One measured run: ``concurrency`` normal clients (and ``crafted`` heavy ones) for ``seconds``."""
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
+    heavy: Counter[str] = Counter()
     lock = threading.Lock()
-    counter = iter(range(args.requests))
     started = time.perf_counter()
-    deadline = started + args.max_seconds
+    deadline = started + seconds
+    heavy_questions = crafted_questions()
 
-    def worker() -> None:
-        with httpx.Client(base_url=base, timeout=60) as client:
+    def client_loop(offset: int, is_crafted: bool) -> None:
+        i = offset
+        with httpx.Client(base_url=base, timeout=120) as client:
             while time.perf_counter() < deadline:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                question = questions[i % len(questions)]
-                body = {"question": question, "top_k": args.top_k, "answer_mode": args.mode}
+                pool = heavy_questions if is_crafted else questions
+                body = {"question": pool[i % len(pool)]}
+                i += 1
                 t0 = time.perf_counter()
                 try:
-                    status = str(client.post("/ask", json=body).status_code)
+                    response = client.post("/ask", json=body)
+                    status = str(response.status_code)
+                    if status == "200" and not response.json().get("answer"):
+                        status = "200-empty"
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
                 took = time.perf_counter() - t0
                 with lock:
+                    if is_crafted:
+                        heavy[status] += 1
+                        continue
                     statuses[status] += 1
                     if status == "200":
                         latencies.append(took)
 
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        for _ in range(args.concurrency):
-            pool.submit(worker)
+    rss_before = rss_mb(pid)
+    with ThreadPoolExecutor(concurrency + crafted) as pool:
+        for n in range(crafted):
+            pool.submit(client_loop, n, True)
+        for n in range(concurrency):
+            pool.submit(client_loop, n * 7, False)
     elapsed = time.perf_counter() - started
-
-    done = sum(statuses.values())
+    rss_after = rss_mb(pid)
     ok = sorted(latencies)
-    summary = {
-        "url": base,
-        "model": health.get("model"),
-        "chunks": health.get("counts", {}).get("chunks"),
+    done = sum(statuses.values())
+    return {
+        "concurrency": concurrency,
+        "crafted_clients": crafted,
+        "seconds": round(elapsed, 1),
         "requests": done,
-        "ok": len(ok),
-        "failed": done - len(ok),
+        "errors": done - len(ok),
         "statuses": dict(statuses),
-        "concurrency": args.concurrency,
-        "seconds": round(elapsed, 2),
+        "crafted_statuses": dict(heavy),
         "throughput_rps": round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
         "latency_ms": {
-            "mean": round(statistics.fmean(ok) * 1000, 1) if ok else None,
-            "p50": round(percentile(ok, 50) * 1000, 1),
-            "p95": round(percentile(ok, 95) * 1000, 1),
-            "p99": round(percentile(ok, 99) * 1000, 1),
-            "max": round(ok[-1] * 1000, 1) if ok else None,
+            "p50": round(percentile(ok, 50) * 1000) if ok else None,
+            "p95": round(percentile(ok, 95) * 1000) if ok else None,
+            "p99": round(percentile(ok, 99) * 1000) if ok else None,
+            "mean": round(statistics.fmean(ok) * 1000) if ok else None,
         },
-        "stopped_early": done < args.requests,
+        "rss_mb": {"before": rss_before, "after": rss_after},
     }
-    if args.json:
-        print(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+def show(result: dict[str, object]) -> None:
+    lat = result["latency_ms"]
+    rss = result["rss_mb"]
+    assert isinstance(lat, dict) and isinstance(rss, dict)
+    line = (
+        f"{result['concurrency']:>3} clients"
+        + (f" + {result['crafted_clients']} crafted" if result["crafted_clients"] else "")
+        + f", {result['seconds']} s: {result['requests']} requests, {result['throughput_rps']} req/s, "
+        f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms, errors {result['errors']}"
+    )
+    if result["crafted_clients"]:
+        line += f", crafted {result['crafted_statuses']}"
+    if rss["before"] is not None and rss["after"] is not None:
+        growth = (rss["after"] - rss["before"]) / rss["before"] * 100
+        line += f"; server RSS {rss['before']:.0f} -> {rss['after']:.0f} MB ({growth:+.1f}%)"
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="Base URL of a running server (else use --serve).")
+    parser.add_argument("--pid", type=int, help="PID of that server, to read its RSS.")
+    parser.add_argument("--serve", action="store_true", help="Start rag serve on a free port for the run.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8], help="Levels to run, in order.")
+    parser.add_argument("--duration", type=float, default=60.0, help="Seconds per level.")
+    parser.add_argument("--crafted", type=int, default=0, help="Clients sending crafted long questions.")
+    parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE, help="JSONL with a question field.")
+    parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
+    args = parser.parse_args(argv)
+    if not args.serve and not args.url:
+        parser.error("give --url of a running server, or --serve")
+
+    proc = None
+    pid = args.pid
+    if args.serve:
+        proc, base = start_server({})
+        pid = proc.pid
     else:
-        lat = summary["latency_ms"]
-        print(
-            f"POST /ask x{done} (concurrency {args.concurrency}, {summary['chunks']} chunks) "
-            f"in {elapsed:.1f} s{' (time limit hit)' if summary['stopped_early'] else ''}"
-        )
-        print(f"  ok {len(ok)}, failed {done - len(ok)} {dict(statuses)}")
-        print(f"  throughput {summary['throughput_rps']} req/s")
-        print(
-            f"  latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
-            f"mean {lat['mean']}  max {lat['max']}"
-        )
-    return 0 if done and done == len(ok) else 1
+        base = args.url.rstrip("/")
+    try:
+        questions = load_questions(args.questions)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            health = client.get("/healthz").json()
+            for q in questions[:4]:  # warm up: first answers load lazily made parts
+                client.post("/ask", json={"question": q})
+        print(f"server {base}: {health.get('counts', {}).get('chunks')} chunks", flush=True)
+        results = []
+        for level in args.concurrency:
+            result = run_level(base, questions, level, args.duration, args.crafted, pid)
+            show(result)
+            results.append(result)
+        if args.json:
+            print(json.dumps(results, ensure_ascii=False, indent=1))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return 0 if all(r["errors"] == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -663,8 +663,13 @@ def _ready_url(host: str, port: int) -> str:
 
 
 def _ensure_index(settings: Settings, embedder: Embedder) -> None:
-    """Build the index when there is none, or rebuild one made with other settings, saying so."""
-    from rag.errors import IndexError_
+    """Build the index when there is none, or rebuild one made with other settings, saying so.
+
+    A damaged live build with a good older one serves the older one (``load_index`` warns);
+    with no good build left, ``CorruptIndexError`` ends ``rag serve`` with one line naming the
+    bad file and the rebuild command: rebuilding silently could hide a failing disk.
+    """
+    from rag.errors import IndexError_, StaleIndexError
     from rag.index import load_index, require_index
 
     try:
@@ -675,7 +680,7 @@ def _ensure_index(settings: Settings, embedder: Embedder) -> None:
         return
     try:
         load_index(settings, embedder)
-    except IndexError_:
+    except StaleIndexError:
         say(f"{settings.index_dir} 中的索引是用不同的设置建立的：从 {settings.docs_dir} 重新建立……")
         run_build(settings, embedder, err=True)
 
@@ -694,8 +699,10 @@ def serve(
     import uvicorn
 
     from rag.api import create_app
+    from rag.api.server import served_hosts, server_config
 
     settings = make_settings(docs, index)
+    settings = settings.model_copy(update={"allowed_hosts": served_hosts(settings.allowed_hosts, host)})
     with loading("嵌入模型"):  # its torch weights load (announced) only if a build needs them
         embedder = open_embedder(settings)
     _ensure_index(settings, embedder)
@@ -712,8 +719,9 @@ def serve(
                 say(f"已就绪：{url}（API 文档：{url}docs；按 Ctrl+C 停止）")
 
     say("正在启动服务（加载问题编码器、阅读模型和索引）……")
-    config = uvicorn.Config(
+    config = server_config(
         create_app(settings, embedder=embedder),
+        settings,
         host=host,
         port=port,
         log_level="info" if verbose else "warning",

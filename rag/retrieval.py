@@ -65,6 +65,11 @@ class Retriever:
     def bm25(self, question: str, depth: int) -> Ranking:
         """Top ``depth`` chunks by BM25 over jieba tokens; chunks sharing no term are left out."""
         tokens = [t for t in search_tokens(question) if t in self._vocab]
+        terms = dict.fromkeys(tokens)
+        if len(terms) > self.settings.max_query_terms:
+            # A bound on the work of one query (RAG_MAX_QUERY_TERMS): the first terms are kept.
+            kept = set(list(terms)[: self.settings.max_query_terms])
+            tokens = [t for t in tokens if t in kept]
         if not tokens or not len(self.index):
             return Ranking([], [])
         scores = self.index.bm25.get_scores(tokens)

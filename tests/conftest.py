@@ -51,8 +51,12 @@ def _clean_environment() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """Settings with the real model cache, every other field at its default."""
-    return Settings(cache_dir=CACHE_DIR)
+    """Settings with the real model cache, every other field at its default.
+
+    Starlette's ``TestClient`` sends ``Host: testserver``: that host is allowed too.
+    """
+    base = Settings(cache_dir=CACHE_DIR)
+    return base.model_copy(update={"allowed_hosts": [*base.allowed_hosts, "testserver"]})
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +107,15 @@ def live_server(api_settings: Settings, embedder: Embedder) -> Iterator[str]:
     import uvicorn
 
     from rag.api import create_app
+    from rag.api.server import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
+    config = server_config(
         create_app(api_settings, embedder=embedder),
+        api_settings,
         log_level="warning",
         lifespan="on",
         backlog=256,

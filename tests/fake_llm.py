@@ -8,6 +8,7 @@ server do: ``POST /v1/chat/completions`` answers a ``chat.completion`` JSON obje
 The "model" is a script: a function of the request's messages returning either the reply
 text or a :class:`Fault` (sleep past the client's timeout, an HTTP error, a malformed body,
 a stream that stalls). Every request body is recorded in ``FakeLLM.requests``.
+:func:`obeying` is a script that obeys instructions planted in the passages it is given.
 
     with FakeLLM(lambda messages: "回答[1]。") as fake:
         settings = Settings(llm_base_url=fake.base_url, llm_model=fake.model)
@@ -24,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -87,13 +90,50 @@ def last_user(messages: Messages) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
 
+_PASSAGE_BLOCK = re.compile(r'<资料 编号="(\d+)">\n(.*?)\n</资料>', re.DOTALL)
+# What a gullible model reads past: invisible format characters (zero-width, bidi controls).
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def passage_blocks(prompt: str) -> dict[int, str]:
+    """The numbered ``<资料 编号="n">`` blocks of an answer prompt, by number."""
+    return {int(n): body for n, body in _PASSAGE_BLOCK.findall(prompt)}
+
+
+def obeying(payloads: list[str], *, cite: bool = True, prefix: str = "") -> Script:
+    """A model that obeys whatever a passage tells it to say: the worst case for injection.
+
+    When a passage of the prompt carries one of ``payloads`` (however it is spelt there:
+    NFKC and invisible characters are looked through, as a model reads), the reply is that
+    payload, citing the passage it came from (``cite``), after ``prefix`` (e.g. a faithful
+    sentence, so that the planted one rides on a supported answer). It obeys even text the
+    prompt marks as a suspected instruction: the service must not rely on the model.
+    Without a payload in the prompt it answers ``资料中没有找到答案。``.
+    """
+
+    def model(messages: Messages) -> str:
+        for n, body in passage_blocks(last_user(messages)).items():
+            seen = _INVISIBLE.sub("", unicodedata.normalize("NFKC", body))
+            for payload in payloads:
+                if unicodedata.normalize("NFKC", payload) in seen:
+                    return f"{prefix}{payload}[{n}]。" if cite else f"{prefix}{payload}。"
+        return "资料中没有找到答案。"
+
+    return model
+
+
 class LoopbackServer:
     """A real uvicorn server for ``app`` on ``127.0.0.1`` (a free port), in a daemon thread."""
 
-    def __init__(self, app: Any, lifespan: Literal["on", "off"] = "on", name: str = "loopback") -> None:
+    def __init__(
+        self, app: Any, lifespan: Literal["on", "off"] = "on", name: str = "loopback", settings: Any = None
+    ) -> None:
         self.app = app
         self.lifespan = lifespan
         self.name = name
+        self.settings = settings
+        """With the service's ``Settings``: served as ``rag serve`` serves it (``rag.api.server``)."""
+        self.log_level = "warning"
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -108,9 +148,17 @@ class LoopbackServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level="warning", lifespan=self.lifespan, timeout_graceful_shutdown=1
-        )
+        options: dict[str, Any] = {
+            "log_level": self.log_level,
+            "lifespan": self.lifespan,
+            "timeout_graceful_shutdown": 1,
+        }
+        if self.settings is not None:
+            from rag.api.server import server_config
+
+            config: uvicorn.Config = server_config(self.app, self.settings, **options)
+        else:
+            config = uvicorn.Config(self.app, **options)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name=self.name

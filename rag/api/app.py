@@ -15,8 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 
 from rag.api.errors import add_handlers
+from rag.api.limits import AnswerLimiter
 from rag.api.routes import documents, feedback, health, openai, pages, questions
-from rag.api.security import SecurityHeadersMiddleware
+from rag.api.security import HostCheckMiddleware, SecurityHeadersMiddleware
 from rag.api.service import Service
 from rag.embedding import Embedder
 from rag.settings import Settings
@@ -48,7 +49,11 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         docs_url=None,  # served by the pages router, from local files
         redoc_url=None,
     )
+    # Outermost last: the host check, then the security headers (on every answer, the
+    # limiter's 503s included), then the limiter around the routes.
+    app.add_middleware(AnswerLimiter, settings=settings)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     add_handlers(app)
     app.mount("/static", StaticFiles(directory=pages.WEB_DIR / "static"), name="static")
     app.mount(pages.DOCS_STATIC, StaticFiles(directory=_swagger_assets()), name="docs-static")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -10,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from rag.api.schemas import ErrorOut
 from rag.api.security import admin_token_matches
 from rag.api.service import Service
+from rag.errors import PayloadTooLargeError
 
 
 def get_service(request: Request) -> Service:
@@ -62,8 +64,38 @@ JSON_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 """The documented errors of a route with ``require_json``."""
 
+BUSY_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorOut,
+        "description": "Busy (answer queue full or waited too long) or the answer took too long; "
+        "see Retry-After",
+    },
+}
+"""The documented error of a route the answer limiter guards (``rag.api.limits``)."""
+
+ANSWER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **JSON_ERRORS,
+    413: {"model": ErrorOut, "description": "The messages are longer than RAG_MAX_CONVERSATION_CHARS"},
+    **BUSY_ERRORS,
+}
+"""The documented errors of the answering routes (JSON bodies, size bound, answer limiter)."""
+
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong admin token"},
     403: {"model": ErrorOut, "description": "Uploads are off (RAG_ADMIN_TOKEN unset)"},
 }
 """The documented errors of a route with ``require_admin``."""
+
+
+def check_conversation_size(texts: Iterable[str], limit: int, field: str) -> None:
+    """413 when the messages of one request hold more than ``limit`` characters together.
+
+    Each message has its own cap in the schema; this bounds their sum
+    (``RAG_MAX_CONVERSATION_CHARS``), the text one request makes the server read.
+    """
+    total = sum(len(t) for t in texts)
+    if total > limit:
+        raise PayloadTooLargeError(
+            f"{field}: {total} characters in all, over the limit of {limit} "
+            "(RAG_MAX_CONVERSATION_CHARS); send fewer or shorter messages"
+        )

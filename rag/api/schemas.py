@@ -294,6 +294,18 @@ class HealthOut(BaseModel):
     uploads_enabled: bool
 
 
+class ReadyOut(BaseModel):
+    """Readiness: whether the loaded index can answer, and what is wrong with it if not."""
+
+    ready: bool = Field(description="True when the index is loaded and agrees with itself.")
+    build: str = Field(description="The build being served (a folder name under builds/).")
+    counts: dict[str, int] = Field(description="``documents``, ``articles`` and ``chunks`` in the index.")
+    problems: list[str] = Field(description="Why it is not ready, one line each (empty when ready).")
+    warnings: list[str] = Field(
+        description="Ready, but not as built last: e.g. a corrupt newest build passed over for an older one."
+    )
+
+
 class UploadResult(BaseModel):
     """What an upload added."""
 

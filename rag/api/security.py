@@ -67,3 +67,46 @@ class SecurityHeadersMiddleware:
 def admin_token_matches(expected: str, given: str) -> bool:
     """Whether ``given`` is the admin token, compared in constant time."""
     return secrets.compare_digest(given.encode(), expected.encode())
+
+
+def host_allowed(host_header: str, allowed: frozenset[str]) -> bool:
+    """Whether a ``Host`` header (port and case aside) names one of the ``allowed`` hosts."""
+    if "*" in allowed:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host.split("]", 1)[0] + "]"
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".") in allowed
+
+
+class HostCheckMiddleware:
+    """Answers 400 to a request whose ``Host`` is not a configured one (``RAG_ALLOWED_HOSTS``).
+
+    A page on another site can make a user's browser talk to this loopback server by
+    pointing its own DNS name at 127.0.0.1 (DNS rebinding); the browser then sends that
+    name as ``Host``, so only the names this server is reached by are served.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass requests for an allowed host on; refuse the others with one JSON line."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+        if host_allowed(host, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse
+
+        shown = host[:100] or "(none)"
+        message = f"Host header {shown} is not served here; add it to RAG_ALLOWED_HOSTS"
+        response = JSONResponse(
+            {"detail": message, "message": message}, status_code=400, headers=security_headers()
+        )
+        await response(scope, receive, send)

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator
 
 from rag.answer import Answerer
-from rag.api.deps import JSON_ERRORS, ServiceDep, require_json
+from rag.api.deps import ANSWER_ERRORS, BUSY_ERRORS, ServiceDep, check_conversation_size, require_json
 from rag.api.errors import one_line
 from rag.api.schemas import (
     MAX_SEARCH_K,
@@ -25,6 +25,7 @@ from rag.api.schemas import (
     SearchResponse,
     valid_question,
 )
+from rag.api.service import Service
 from rag.errors import RagError
 from rag.models import Answer, Retraction
 from rag.settings import RetrievalMode
@@ -47,14 +48,23 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-@router.post("/ask", response_model=AskResponse, dependencies=[Depends(require_json)], responses=JSON_ERRORS)
+@router.post(
+    "/ask", response_model=AskResponse, dependencies=[Depends(require_json)], responses=ANSWER_ERRORS
+)
 def ask(body: AskRequest, service: ServiceDep) -> AskResponse:
     """Answer a question from the corpus, with [n] citations pointing at the supporting sentence."""
+    check_size(body, service)
     started = time.perf_counter()
     answer = service.engine.answerer.answer(
         body.question, top_k=body.top_k, history=body.turns(), answer_mode=body.answer_mode
     )
     return AskResponse.from_answer(answer, _elapsed_ms(started))
+
+
+def check_size(body: AskRequest, service: Service) -> None:
+    """The question and its history together within ``RAG_MAX_CONVERSATION_CHARS`` (else 413)."""
+    texts = [body.question, *(turn.content for turn in body.history)]
+    check_conversation_size(texts, service.settings.max_conversation_chars, "history")
 
 
 def ask_events(answerer: Answerer, body: AskRequest) -> Iterator[str]:
@@ -86,7 +96,7 @@ def ask_events(answerer: Answerer, body: AskRequest) -> Iterator[str]:
     dependencies=[Depends(require_json)],
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "SSE: delta events, then answer"},
-        **JSON_ERRORS,
+        **ANSWER_ERRORS,
     },
 )
 def ask_stream(body: AskRequest, service: ServiceDep) -> StreamingResponse:
@@ -96,6 +106,7 @@ def ask_stream(body: AskRequest, service: ServiceDep) -> StreamingResponse:
     dropped (an LLM answer that failed its citation check; the extractive answer follows);
     then one ``answer`` event (the /ask JSON), or an ``error`` event ``{"detail"}``.
     """
+    check_size(body, service)
     # The engine is read once: a rebuild during the stream does not switch indexes midway.
     return StreamingResponse(
         ask_events(service.engine.answerer, body), media_type="text/event-stream", headers=STREAM_HEADERS
@@ -114,7 +125,7 @@ Mode = Annotated[
 OldMode = Annotated[RetrievalMode | None, Query(deprecated=True, description="Old name of retrieval_mode.")]
 
 
-@router.get("/search", response_model=SearchResponse)
+@router.get("/search", response_model=SearchResponse, responses=BUSY_ERRORS)
 def search(
     service: ServiceDep, q: Q, k: K = None, retrieval_mode: Mode = None, mode: OldMode = None
 ) -> SearchResponse:
