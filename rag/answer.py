@@ -16,6 +16,7 @@ import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
+from rag.injection import instruction_spans, mask, within
 from rag.llm import LLMClient, LLMError, build_messages, rewrite_question
 from rag.models import (
     NOT_FOUND,
@@ -28,10 +29,10 @@ from rag.models import (
     Retraction,
     Turn,
 )
-from rag.reader import Reader, load_settings_reader
+from rag.reader import Reader, Reading, load_settings_reader
 from rag.retrieval import MAX_QUESTION_CHARS, Retriever, check_question
 from rag.settings import Settings
-from rag.textnorm import fold, search_tokens, sentence_spans
+from rag.textnorm import detection_form, fold, search_tokens, sentence_spans
 from rag.verification import embedding_similarity, verify_citations
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,12 @@ class Answerer:
             )
         similarity = embedding_similarity(self.retriever.embedder)
         verified = verify_citations("".join(parts), extractive.citations, similarity)
-        if not (verified.supported or verified.abstained):
+        if verified.planted:
+            # The model obeyed text planted in a passage: none of its answer is shown.
+            warnings.extend(verified.warnings)
+            reason = "LLM answer repeated an instruction planted in the passages; extractive answer"
+            return (yield from self._fall_back(extractive, parts, reason, warnings))
+        if not (verified.supported or verified.abstained) or is_echo(verified.text, question):
             warnings.extend(verified.warnings)
             reason = "LLM answer was not supported by the passages; extractive answer"
             return (yield from self._fall_back(extractive, parts, reason, warnings))
@@ -310,7 +316,7 @@ class Answerer:
         The first citation is the passage the span was read in, its ``highlight`` the span.
         """
         passages = self.passages(hits)
-        readings = self.reader.read(question, [p.text for p in passages]) if passages else []
+        readings = self._readings(question, passages)
         weight = self.settings.reader_rank_weight
         best = max(readings, key=lambda r: r.margin + weight / (r.passage + 1), default=None)
         if best is None or best.margin < self.settings.reader_margin:
@@ -324,6 +330,40 @@ class Answerer:
         span = passage.text[best.start : best.end].strip()
         sentence = sentence_around(passage.text, best.start, best.end)
         return _Draft(f"{span} [1]", sentence, False, citations, margin=best.margin)
+
+    def _readings(self, question: str, passages: list[Passage]) -> list[Reading]:
+        """The reader's best span per passage, never inside a sentence that addresses the
+        model, nor an echo of the question.
+
+        Planted sentences (``rag.injection``) are blanked before reading: the reader cannot
+        answer from them. A passage whose best span lies in a question-like sentence (one
+        ending in ？, or holding the question itself: ``本报讯 锦屏街道网络中心的负责人是谁？``)
+        or merely repeats the question is read again with those sentences blanked too; a
+        span that still echoes the question is dropped. Blanking keeps the offsets.
+        """
+        if not passages:
+            return []
+        texts = [mask(p.text, instruction_spans(p.text)) for p in passages]
+        readings = {r.passage: r for r in self.reader.read(question, texts)}
+        again: dict[int, str] = {}
+        for i, reading in readings.items():
+            asked = question_spans(texts[i], question)
+            if within(asked, reading.start, reading.end) or is_echo(
+                texts[i][reading.start : reading.end], question
+            ):
+                again[i] = mask(texts[i], asked)
+        if again:
+            order = list(again)
+            for reading in self.reader.read(question, [again[i] for i in order]):
+                i = order[reading.passage]
+                readings[i] = Reading(i, reading.start, reading.end, reading.score, reading.null_score)
+            for i in order:
+                r = readings[i]
+                if is_echo(texts[i][r.start : r.end], question) or within(
+                    question_spans(texts[i], question), r.start, r.end
+                ):
+                    del readings[i]
+        return [readings[i] for i in sorted(readings)]
 
     def _byline_answer(self, question: str, hits: list[Hit]) -> _Draft | None:
         """Who wrote or photographed it: bylines are article metadata, not passage text.
@@ -355,6 +395,44 @@ def _citations(hits: list[Hit], first: int | None) -> tuple[Citation, ...]:
         order.remove(first)
         order.insert(0, first)
     return tuple(Citation(n, hits[i].chunk, hits[i].score) for n, i in enumerate(order, start=1))
+
+
+_QUESTION_END = re.compile(r"[？?][”’」』）)\s]*$")
+_NOT_CONTENT = re.compile(r"[\W_]+")
+
+
+def _content(text: str) -> str:
+    """Letters, digits and characters of ``text`` in detection form: what an echo compares."""
+    return _NOT_CONTENT.sub("", detection_form(text))
+
+
+def question_spans(text: str, question: str) -> list[tuple[int, int]]:
+    """Sentences of ``text`` that are questions: ending in ？/?, or holding ``question`` itself.
+
+    Such a sentence asks, it does not answer: the reader must not take its answer from it.
+    """
+    asked = _content(_QUESTION_END.sub("", question))
+    out = []
+    for a, b in sentence_spans(text, clauses=True):
+        sentence = text[a:b]
+        if _QUESTION_END.search(sentence) or (len(asked) >= 4 and asked in _content(sentence)):
+            out.append((a, b))
+    return out
+
+
+def is_echo(answer: str, question: str) -> bool:
+    """Whether ``answer`` (markers aside) only repeats the question.
+
+    Contained in the question (``网络中心``), or the question itself with a few characters
+    around it (``本报讯 锦屏街道网络中心的负责人是谁``). Characters are not counted one
+    by one: a true answer is often made of the question's characters (``青山湖法治汇`` to
+    ``青山湖科技城法治广场以什么基地品牌为统领``).
+    """
+    text = _content(re.sub(r"\[\d+\]", "", answer))
+    asked = _content(_QUESTION_END.sub("", question))
+    if not text or text in asked:
+        return True
+    return len(asked) >= 4 and asked in text and len(text) - len(asked) <= 4
 
 
 def sentence_around(text: str, start: int, end: int) -> str:

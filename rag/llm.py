@@ -30,6 +30,7 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from rag.errors import RagError
+from rag.injection import mark_instructions
 from rag.models import NOT_FOUND, Citation, Turn
 from rag.settings import Settings
 from rag.verification import CITATION_MARKER
@@ -363,7 +364,8 @@ def build_messages(
                 "n": p.id,
                 "title": p.chunk.title,
                 "source": p.chunk.source,
-                "text": p.chunk.text[:MAX_PASSAGE_CHARS],
+                # Sentences that address the model are marked as such (see rag.injection).
+                "text": mark_instructions(p.chunk.text[:MAX_PASSAGE_CHARS]),
             }
             for p in passages
         ],

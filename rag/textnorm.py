@@ -93,3 +93,46 @@ def sentence_spans(text: str, clauses: bool = False) -> list[tuple[int, int]]:
     """
     pattern = _CLAUSE if clauses else _SENTENCE
     return [(m.start(), m.end()) for m in pattern.finditer(text) if m.group().strip()]
+
+
+# -- the form instruction checks compare (rag.injection) ----------------------------------
+
+# Bidi controls and other invisible formatting (category Cf: zero-width space and joiners,
+# word joiner, BOM, soft hyphen, U+202A-U+202E, U+2066-U+2069, ...): they split a phrase
+# for a pattern while the reader, and a model, see it whole.
+
+
+@functools.cache
+def _invisible() -> dict[int, None]:
+    # Built on first use (a scan of all code points, ~0.2 s), not at import.
+    return {c: None for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
+
+
+# Cyrillic and Greek letters drawn like Latin ones (``Іgnоre`` with Cyrillic І and о):
+# folded to the Latin letter so English instruction phrases match however they are spelt.
+# Chinese news has no use for either alphabet, so folding them costs nothing there.
+_CONFUSABLES = str.maketrans(
+    "АВЕЅІЈКМНОРСТХУаеіјорсуххѕԁһӏԛԝѡɡ"  # Cyrillic (and Latin ɡ)
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧαιονρτυχκ",  # Greek
+    "ABESIJKMHOPCTXYaeijopcyxxsdhlqwwgABEZHIKMNOPTYXaiovptuxk",
+)
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without invisible format characters (Unicode category Cf).
+
+    ``忽\\u200b略以上指令`` reads as ``忽略以上指令``; checks must see it so.
+    """
+    return text.translate(_invisible())
+
+
+def detection_form(text: str) -> str:
+    """The form instruction patterns are matched on: what a reader (or a model) would read.
+
+    NFKC (full-width letters and brackets to ASCII), invisible characters removed,
+    Cyrillic/Greek look-alikes folded to Latin, simplified characters, lower case, runs
+    of whitespace as one space. Only for checks: :func:`fold` and :func:`search_tokens`,
+    which retrieval depends on, are unchanged.
+    """
+    text = nfkc(strip_invisible(text)).translate(_CONFUSABLES)
+    return _WS.sub(" ", fold(text)).strip()

@@ -2,7 +2,9 @@
 
 A sentence is supported when enough of its terms (or, given a similarity, its meaning) are
 in the passages its ``[n]`` markers point at, and every number in it appears there too.
-Instructions planted in a passage (``忽略以上指令……``) are never evidence.
+Sentences of a passage that address the model (``忽略以上指令……``, ``【系统消息】……``,
+``</资料>``: :mod:`rag.injection`) are never evidence, and an answer that repeats one is
+flagged (``VerifiedAnswer.planted``) so that the caller discards it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
+from rag.injection import instruction_sentences, without_instructions
 from rag.models import NOT_FOUND, Citation
-from rag.textnorm import fold, search_tokens, sentence_spans, squash
+from rag.textnorm import fold, search_tokens, sentence_spans, squash, strip_invisible
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +41,6 @@ _LEADING_MARKERS = re.compile(r"^(\s*[\[【]\s*\d+(?:\s*[,，、]\s*\d+)*\s*[\]�
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _LIST_ITEM = re.compile(r"^\s*(?:\d{1,2}[.、)）](?!\d)|[-*•])\s*")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
-
-# Instruction-like text planted in a document. It is never evidence for an answer.
-_INJECTION = re.compile(
-    r"(忽略|无视|忘记|忘掉|不要理会|跳过)(掉)?(以上|上述|之前|前面|先前|此前|所有|全部|系统|你的)"
-    r".{0,8}?(指令|指示|规则|要求|提示|设定|命令)"
-    r"|(ignore|disregard|forget)\s+(all\s+)?(the\s+)?(previous|prior|above|earlier|your)\s+"
-    r"(instructions?|prompts?|rules)",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -86,12 +80,18 @@ class VerifiedAnswer:
     abstained: bool = False
     """The model said the passages do not answer (``资料中没有找到答案``)."""
     sentences: list[SentenceCheck] = field(default_factory=list)
+    planted: list[str] = field(default_factory=list)
+    """Sentences that repeat text planted for the model in a passage (an obeyed injection),
+    not supported by the rest of the passages: the answer must not be shown."""
 
     @property
     def ok(self) -> bool:
-        """Every sentence supported by a passage it cites, no citation dangling."""
+        """Every sentence supported by a passage it cites, no citation dangling, nothing planted."""
         return not (
-            self.unsupported_sentences or self.uncited_sentences or any(s.missing for s in self.sentences)
+            self.unsupported_sentences
+            or self.uncited_sentences
+            or self.planted
+            or any(s.missing for s in self.sentences)
         )
 
     @property
@@ -128,23 +128,22 @@ def cited_ids(text: str) -> list[int]:
 
 
 def _searchable(text: str) -> str:
-    return _THOUSANDS.sub("", fold(squash(text)))
+    return _THOUSANDS.sub("", fold(squash(strip_invisible(text))))
 
 
 def _evidence(passage: Citation) -> str:
-    """The passage text a sentence may rely on: sentences with planted instructions removed."""
-    text = passage.chunk.text
-    return "".join(text[a:b] for a, b in sentence_spans(text) if not _INJECTION.search(text[a:b]))
+    """The passage text a sentence may rely on: sentences that address the model removed."""
+    return without_instructions(passage.chunk.text)
 
 
 def suspected_injections(passages: Iterable[Citation]) -> list[int]:
-    """Ids of passages that contain instruction-like text (``忽略以上指令……``)."""
-    return [p.id for p in passages if _INJECTION.search(p.chunk.text)]
+    """Ids of passages with sentences that address the model (``忽略以上指令……``, ``</资料>``)."""
+    return [p.id for p in passages if instruction_sentences(p.chunk.text)]
 
 
 def term_overlap(sentence: str, evidence: str) -> float:
     """Length-weighted share of the sentence's search terms found in ``evidence`` (1.0 if none)."""
-    tokens = set(search_tokens(CITATION_MARKER.sub("", sentence)))
+    tokens = set(search_tokens(strip_invisible(CITATION_MARKER.sub("", sentence))))
     if not tokens:
         return 1.0
     haystack = _searchable(evidence)
@@ -175,6 +174,22 @@ def _support(
     return overlap, best, None
 
 
+def _repeats_planted(content: str, planted: dict[int, str], supported: bool) -> int | None:
+    """The passage whose planted sentences ``content`` repeats, or None.
+
+    A sentence repeats planted text when most of its terms are there (``TERM_OVERLAP``) and
+    the passages' evidence does not support it by its terms: ``系统已被攻破`` dictated by a planted
+    sentence is caught even when the model cites nothing, while a true statement that a
+    planted sentence happens to quote (and the clean evidence supports) stays.
+    """
+    if supported or NOT_FOUND in squash(content) or not search_tokens(content):
+        return None
+    for pid, text in planted.items():
+        if term_overlap(content, text) >= TERM_OVERLAP:
+            return pid
+    return None
+
+
 def verify_citations(
     answer_text: str,
     passages: Sequence[Citation],
@@ -191,9 +206,12 @@ def verify_citations(
     evidence: dict[int, str] = {}
     result = VerifiedAnswer(text=answer_text.strip())
     injected = suspected_injections(passages)
+    planted: dict[int, str] = {}
     for pid in injected:
         evidence[pid] = _evidence(by_id[pid])
-    sentences = split_sentences(answer_text)
+        planted[pid] = "\n".join(instruction_sentences(by_id[pid].chunk.text))
+    # Checked as read: zero-width and format characters do not hide or split a phrase.
+    sentences = split_sentences(strip_invisible(answer_text))
     if not sentences:
         result.warnings.append("回答为空")
     for i, sentence in enumerate(sentences, start=1):
@@ -224,6 +242,14 @@ def verify_citations(
                     result.warnings.append(f"第{i}句{problem}")
                 result.unsupported_sentences.append(sentence)
                 result.warnings.append(f"第{i}句没有被引用的段落支持")
+        # Supported by its terms, not by similarity alone: the payload of a planted sentence
+        # may sit close to its passage in embedding space while the evidence never says it.
+        by_terms = supported and overlap is not None and overlap >= TERM_OVERLAP
+        repeated = _repeats_planted(content, planted, by_terms)
+        if repeated:
+            result.planted.append(sentence)
+            result.warnings.append(f"第{i}句照搬了段落[{repeated}]中疑似注入的指令，不予采信")
+            supported = False
         result.sentences.append(SentenceCheck(i, sentence, cited, missing, overlap, best, supported))
     if result.abstained and result.cited_ids:
         result.abstained = False  # "not found" beside cited statements: a partial answer
@@ -231,7 +257,7 @@ def verify_citations(
     result.warnings[:0] = [
         f"段落[{pid}]含有疑似注入的指令，已忽略，不作为依据"
         for pid in injected
-        if pid in result.cited_ids or not result.ok
+        if pid in result.cited_ids or not result.ok or result.planted
     ]
     log.debug("verified %d sentences: %s", len(result.sentences), result.warnings or "ok")
     return result

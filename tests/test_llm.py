@@ -27,6 +27,7 @@ from rag.answer import Answerer
 from rag.embedding import Embedder
 from rag.errors import RagError
 from rag.index import load_index
+from rag.injection import mark_instructions
 from rag.llm import LLMClient, LLMError, build_messages, rewrite_question
 from rag.models import NOT_FOUND, Answer, Chunk, Citation, Retraction, Turn
 from rag.reader import Reader, load_settings_reader
@@ -280,7 +281,8 @@ def test_prompt_numbers_and_delimits_every_passage() -> None:
     found = blocks(user)
     assert sorted(found) == [p.id for p in PASSAGES]
     for p in PASSAGES:
-        assert p.chunk.text in found[p.id]
+        # Verbatim, except that a sentence addressing the model is marked (rag.injection).
+        assert mark_instructions(p.chunk.text) in found[p.id]
         assert f"标题：{p.chunk.title}" in found[p.id] and f"来源：{p.chunk.source}" in found[p.id]
     assert len(opening(user)) == len(closing(user)) == len(PASSAGES)
     assert user.rstrip().endswith(f"段落不能回答时只回答“{NOT_FOUND}”。")
