@@ -300,6 +300,7 @@ def test_an_obeying_llm_never_answers_with_a_planted_instruction(
     content = completion["choices"][0]["message"]["content"]
     assert content.partition(f"\n\n{SOURCES_HEADING}\n")[0] == extractive["answer"]
     assert_no_planted(content)
+    assert PLANTED in completion["warnings"]  # the extension field says why
     # ... and streamed: the chat stream cannot take text back; it says so, then replaces it.
     before, notice, replacement = streamed.partition(retraction_text(PLANTED))
     assert notice, streamed

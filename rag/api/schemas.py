@@ -16,6 +16,7 @@ from rag.errors import QuestionError
 from rag.models import Answer, AnswerMode, Article, Citation, Hit, RequestedAnswerMode, SkippedFile, Turn
 from rag.retrieval import MAX_QUESTION_CHARS, check_question
 from rag.settings import RetrievalMode
+from rag.textnorm import without_surrogates
 
 if TYPE_CHECKING:
     from rag.api.service import DocumentListing
@@ -352,6 +353,36 @@ class ErrorOut(BaseModel):
 
 
 # OpenAI-compatible shapes ---------------------------------------------------------------
+# Strict where OpenAI is: a mistyped or unsupported parameter is a 400 in OpenAI's error
+# format (rag.api.errors), never silently ignored. A custom error's type is OpenAI's `code`.
+
+MAX_COMPLETION_TOKENS = 131_072
+"""The largest ``max_tokens``/``max_completion_tokens`` accepted (OpenAI's largest output window)."""
+MAX_STOP_SEQUENCES = 4
+"""OpenAI's limit on ``stop``."""
+
+
+def unsupported_parameter(name: str, why: str = "this server answers from its corpus") -> PydanticCustomError:
+    """The 400 of a parameter this server cannot honour (``code: unsupported_parameter``)."""
+    return PydanticCustomError("unsupported_parameter", f"{name} is not supported: {why}")
+
+
+def check_content(value: Any) -> Any:
+    """A message's content is a string, a list of content parts or null (one clear error)."""
+    if value is not None and not isinstance(value, str | list):
+        raise PydanticCustomError("invalid_type", "content must be a string, a list of content parts or null")
+    return value
+
+
+def check_stop(value: Any) -> Any:
+    """``stop``: a string or a list of at most 4 strings (one clear error, not one per union member)."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise PydanticCustomError("invalid_type", "stop must be a string or a list of strings")
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise PydanticCustomError("invalid_value", f"stop takes at most {MAX_STOP_SEQUENCES} sequences")
+    return value
 
 
 class ChatContentPart(BaseModel):
@@ -366,35 +397,100 @@ class ChatMessageIn(BaseModel):
     """A chat message as OpenAI clients send it."""
 
     model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[ChatContentPart] | None = None
+    # OpenAI's roles; only user and assistant messages are read as the conversation.
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ChatContentPart] | None = Field(
+        None, description=f"At most {MAX_MESSAGE_CHARS} characters of text (413 beyond)."
+    )
+
+    _check_content = field_validator("content", mode="before")(check_content)
 
     def text(self) -> str:
-        """The message's text, its text parts joined."""
+        """The message's text, its text parts joined (lone surrogates, unencodable, as U+FFFD)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text or "" for p in self.content if p.type == "text")
+            return without_surrogates(self.content)
+        return without_surrogates("".join(p.text or "" for p in self.content if p.type == "text"))
 
 
 class StreamOptions(BaseModel):
-    """OpenAI's ``stream_options``."""
+    """OpenAI's ``stream_options`` (only with ``stream: true``)."""
 
     model_config = ConfigDict(extra="allow")
     include_usage: bool = Field(
-        False, description="Send a last chunk (no choices) with the token counts before [DONE]."
+        False, strict=True, description="Send a last chunk (no choices) with the token counts before [DONE]."
     )
 
 
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: only plain text, the answer is prose with [n] markers."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(json_schema_extra={"enum": ["text"]})
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, value: str) -> str:
+        if value != "text":
+            raise PydanticCustomError(
+                "unsupported_value", f"response_format type {value!r} is not supported: only 'text'"
+            )
+        return value
+
+
+IGNORED = "Accepted and not applied: the answer is read from the corpus, not sampled."
+
+
 class ChatCompletionRequest(BaseModel):
-    """OpenAI chat completions, plus the ``top_k`` and ``rag_mode`` extensions."""
+    """OpenAI chat completions, plus the ``top_k`` and ``rag_mode`` extensions.
+
+    The known OpenAI parameters are type-checked (400 when wrong); those that cannot change
+    an answer read from the corpus (sampling, penalties, seed, ``max_tokens``) are accepted
+    and not applied; ``n > 1``, tools, logprobs and JSON output are refused (400). Unknown
+    extra parameters are accepted: clients send vendor extras.
+    """
 
     model_config = ConfigDict(extra="allow")
     model: str = MODEL_ID
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
+    messages: list[ChatMessageIn] = Field(
+        min_length=1,
+        max_length=MAX_CHAT_MESSAGES,
+        description="The conversation; all contents together at most RAG_MAX_CONVERSATION_CHARS (413).",
+    )
+    stream: bool = Field(False, strict=True)
+    stream_options: StreamOptions | None = Field(None, description="Only with `stream: true`.")
+    n: int | None = Field(1, ge=1, strict=True, json_schema_extra={"maximum": 1}, description="Only 1.")
+    temperature: float | None = Field(None, ge=0, le=2, strict=True, description=IGNORED)
+    top_p: float | None = Field(None, ge=0, le=1, strict=True, description=IGNORED)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description=IGNORED)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, strict=True, description=IGNORED)
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_COMPLETION_TOKENS,
+        strict=True,
+        description="Accepted and not applied: an answer is a cited sentence or two, never cut short.",
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=MAX_COMPLETION_TOKENS, strict=True, description="As `max_tokens`."
+    )
+    stop: str | list[str] | None = Field(None, description=f"At most {MAX_STOP_SEQUENCES}. {IGNORED}")
+    seed: int | None = Field(None, strict=True, description=IGNORED)
+    user: str | None = None
+    logit_bias: dict[str, float] | None = Field(None, description=IGNORED)
+    store: bool | None = Field(None, strict=True)
+    metadata: dict[str, str] | None = None
+    parallel_tool_calls: bool | None = Field(None, strict=True)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = Field(None, strict=True, json_schema_extra={"enum": [False, None]})
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True, json_schema_extra={"maximum": 0})
+    tools: list[Any] | None = Field(None, json_schema_extra={"maxItems": 0}, description="Not supported.")
+    functions: list[Any] | None = Field(None, json_schema_extra={"maxItems": 0}, description="Not supported.")
+    tool_choice: Any = Field(None, json_schema_extra={"enum": ["none", None]}, description="Not supported.")
+    function_call: Any = Field(None, json_schema_extra={"enum": ["none", None]}, description="Not supported.")
+    audio: Any = Field(None, json_schema_extra={"type": "null"}, description="Not supported.")
+    modalities: list[Literal["text"]] | None = None
     top_k: int | None = Field(
         None, ge=1, le=MAX_TOP_K, description="Extension: passages to retrieve (default RAG_TOP_K)."
     )
@@ -403,6 +499,43 @@ class ChatCompletionRequest(BaseModel):
         validation_alias=AliasChoices("rag_mode", "answer_mode"),
         description="Extension: the answer mode, as `answer_mode` of /ask (also accepted as `answer_mode`).",
     )
+
+    _check_stop = field_validator("stop", mode="before")(check_stop)
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value is not None and value > 1:
+            raise PydanticCustomError("unsupported_value", "n > 1 is not supported: there is one answer")
+        return value
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise unsupported_parameter("logprobs", "an extracted answer has no token probabilities")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise unsupported_parameter("tools", "this server calls no tools")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: Any) -> Any:
+        if value not in (None, "none"):
+            raise unsupported_parameter("tool_choice", "this server calls no tools")
+        return value
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio(cls, value: Any) -> Any:
+        if value is not None:
+            raise unsupported_parameter("audio", "the answer is text")
+        return value
 
 
 class ChatMessageOut(BaseModel):
@@ -438,6 +571,11 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     citations: list[CitationOut] = Field(description="Extension: the sources behind the [n] markers.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Extension: what the reader should know, as /ask's warnings (e.g. the LLM's "
+        "answer was replaced by the extractive one because it repeated a planted instruction).",
+    )
 
 
 class ModelCard(BaseModel):

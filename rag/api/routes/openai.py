@@ -28,12 +28,14 @@ from rag.api.deps import JSON_ERRORS, ServiceDep, require_json
 from rag.api.errors import one_line, question_error
 from rag.api.routes.questions import STREAM_FAILED, STREAM_HEADERS
 from rag.api.schemas import (
+    MAX_MESSAGE_CHARS,
     MODEL_ID,
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
     ChatMessageOut,
     CitationOut,
+    ErrorOut,
     ModelCard,
     ModelList,
     Usage,
@@ -68,10 +70,42 @@ def retraction_text(reason: str) -> str:
     return f"\n\n（{one_line(reason)}）\n\n"
 
 
+def check_request(body: ChatCompletionRequest, settings: Settings) -> None:
+    """What the schema cannot say: ``stream_options`` needs ``stream``, and what one request may cost.
+
+    Each message is at most ``MAX_MESSAGE_CHARS`` (as ``/ask`` history), all of them together
+    at most ``RAG_MAX_CONVERSATION_CHARS``: the previous user turn goes through jieba, whose
+    HMM step is quadratic on long unknown runs (100,000 characters cost 44 s of a core). 413.
+    """
+    if body.stream_options is not None and not body.stream:
+        raise invalid(
+            "invalid_value", ("stream_options",), "stream_options is only allowed with stream: true"
+        )
+    total = 0
+    for i, m in enumerate(body.messages):
+        size = len(m.text())
+        total += size
+        if size > MAX_MESSAGE_CHARS:
+            msg = f"a message is at most {MAX_MESSAGE_CHARS} characters, this one has {size}"
+            raise invalid("string_above_max_length", ("messages", i, "content"), msg)
+    limit = settings.max_conversation_chars
+    if total > limit:
+        msg = (
+            f"all messages together are at most {limit} characters (RAG_MAX_CONVERSATION_CHARS), "
+            f"these have {total}; send fewer or shorter earlier messages"
+        )
+        raise invalid("context_length_exceeded", ("messages",), msg)
+
+
+def invalid(kind: str, loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    """A bad request body field as FastAPI's own error; ``kind`` becomes OpenAI's ``code``."""
+    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": msg}])
+
+
 def chat_question(body: ChatCompletionRequest) -> tuple[str, tuple[Turn, ...]]:
     """The last user message is the question; earlier user/assistant messages are the history.
 
-    An unusable question is a 422 naming the message (``messages.3.content``), with the
+    An unusable question is a 400 naming the message (``messages.3.content``), with the
     message of ``rag.retrieval.check_question``.
     """
     last = max((i for i, m in enumerate(body.messages) if m.role == "user"), default=None)
@@ -136,7 +170,11 @@ def models(service: ServiceDep) -> ModelList:
     return ModelList(data=[model_card(service)])
 
 
-@router.get("/models/{model_id}", response_model=ModelCard)
+@router.get(
+    "/models/{model_id}",
+    response_model=ModelCard,
+    responses={404: {"model": ErrorOut, "description": "Not a model this server offers"}},
+)
 def model(model_id: str, service: ServiceDep) -> ModelCard:
     """The model, if ``model_id`` names it."""
     if model_id != MODEL_ID:
@@ -208,7 +246,7 @@ class ChatStream:
             streamed.append(sources)
             yield self.chunk({"content": sources})
         citations = [CitationOut.from_citation(c).model_dump(mode="json") for c in final.citations]
-        yield self.chunk({}, "stop", citations=citations)
+        yield self.chunk({}, "stop", citations=citations, warnings=list(final.warnings))
         options = self.body.stream_options
         if options is not None and options.include_usage:
             # OpenAI's last chunk: no choices, the counts of the whole reply as streamed.
@@ -232,10 +270,19 @@ class ChatStream:
     "/chat/completions",
     response_model=ChatCompletion,
     dependencies=[Depends(require_json)],
-    responses={200: {"content": {"text/event-stream": {}}}, **JSON_ERRORS},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        **JSON_ERRORS,
+        400: {"model": ErrorOut, "description": "A mistyped or unsupported parameter (OpenAI's `error`)"},
+        413: {"model": ErrorOut, "description": "A message or all of them too long"},
+    },
 )
 def chat_completions(body: ChatCompletionRequest, service: ServiceDep) -> Response | ChatCompletion:
-    """OpenAI chat completions over the corpus; ``stream: true`` streams as the answer is produced."""
+    """OpenAI chat completions over the corpus; ``stream: true`` streams as the answer is produced.
+
+    Errors are OpenAI's: 400 (413 when too long) with ``error: {message, type, param, code}``.
+    """
+    check_request(body, service.settings)
     question, history = chat_question(body)
     answerer = service.engine.answerer
     if body.stream:
@@ -253,4 +300,5 @@ def chat_completions(body: ChatCompletionRequest, service: ServiceDep) -> Respon
         choices=[ChatChoice(index=0, message=message, finish_reason="stop")],
         usage=usage(service.embedder, service.settings, body, answer, content),
         citations=[CitationOut.from_citation(c) for c in answer.citations],
+        warnings=list(answer.warnings),
     )
