@@ -8,8 +8,10 @@
 so that the server's resident memory (RSS, from ``/proc``) can be read before and after
 each run; with ``--url`` the RSS is read only when ``--pid`` is given. Each concurrency
 level sends questions (cycling through eval/questions.jsonl) from that many clients for
-``--duration`` seconds and prints throughput, p50/p95/p99 and the errors (a status other
-than 200, or no answer). ``--crafted N`` adds N clients sending long crafted questions
+``--duration`` seconds, after ``--warmup-seconds`` of the same load unmeasured (so the RSS
+compared is a warm server's: the first burst of concurrency grows ONNX Runtime's arenas
+once), and prints throughput, p50/p95/p99 and the errors (a status other than 200, or no
+answer). ``--crafted N`` adds N clients sending long crafted questions
 (2,000 characters) meanwhile: the latency printed is still that of the normal questions,
 the crafted ones' statuses are printed apart. Exits 1 if a normal question failed.
 """
@@ -202,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8], help="Levels to run, in order.")
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds per level.")
     parser.add_argument("--crafted", type=int, default=0, help="Clients sending crafted long questions.")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=10.0,
+        help="Unmeasured load at each level first: the RSS compared is then that of a warm server.",
+    )
     parser.add_argument("--questions", type=Path, default=QUESTIONS_FILE, help="JSONL with a question field.")
     parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     args = parser.parse_args(argv)
@@ -221,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             health = client.get("/healthz").json()
             for q in questions[:4]:  # warm up: first answers load lazily made parts
                 client.post("/ask", json={"question": q})
-        print(f"server {base}: {health.get('counts', {}).get('chunks')} chunks", flush=True)
+        started_rss = rss_mb(pid)
+        shown = f", RSS {started_rss:.0f} MB after 4 questions" if started_rss else ""
+        print(f"server {base}: {health.get('counts', {}).get('chunks')} chunks{shown}", flush=True)
         results = []
         for level in args.concurrency:
+            if args.warmup_seconds > 0:
+                run_level(base, questions, level, args.warmup_seconds, args.crafted, pid)
             result = run_level(base, questions, level, args.duration, args.crafted, pid)
             show(result)
             results.append(result)

@@ -11,7 +11,7 @@ from rag.errors import QuestionError
 from rag.index import SearchIndex, load_index, require_index
 from rag.models import Hit
 from rag.settings import RetrievalMode, Settings
-from rag.textnorm import fold, search_tokens
+from rag.textnorm import fold, search_tokens, without_surrogates
 
 MAX_QUESTION_CHARS = 2000
 
@@ -31,6 +31,8 @@ def check_question(question: str) -> str:
         raise QuestionError("问题是空的；请输入一个问题，例如：锦屏成立了什么联盟")
     if len(stripped) > MAX_QUESTION_CHARS:
         raise QuestionError(f"问题有 {len(stripped)} 个字，超过了 {MAX_QUESTION_CHARS} 字的上限；请缩短问题")
+    if without_surrogates(stripped) != stripped:
+        raise QuestionError("问题含有无效的字符（孤立的 UTF-16 代理项，如 \\ud800）；请检查客户端的编码")
     return stripped
 
 

@@ -46,7 +46,19 @@ def fold(text: str) -> str:
     Readers in Taiwan and Hong Kong ask in traditional characters; folding both the
     documents and the questions to simplified makes retrieval indifferent to it.
     """
-    return str(_t2s().convert(nfkc(text))).lower()
+    return str(_t2s().convert(without_surrogates(nfkc(text)))).lower()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with lone surrogates (JSON ``"\\ud800"``, not text in any encoding) as U+FFFD.
+
+    They cannot be encoded as UTF-8, which opencc and every writer of the text need; one in
+    a request made a 500. The length is kept, so offsets into ``text`` stay valid.
+    """
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
 # Function words and question words: frequent in questions, useless as search terms.

@@ -393,3 +393,53 @@ def test_readyz_is_503_when_the_served_build_is_gone(
         assert gone.json()["ready"] is False and gone.json()["problems"]
         # Liveness is another question: the process still answers from memory.
         assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+
+
+# ---- bad bodies and encodings -----------------------------------------------------------
+
+BAD_BODIES = {
+    "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+    "not UTF-8": b'"\xff\xfe\xfa"',
+    "GB18030": '"锦屏成立了什么联盟"'.encode("gb18030"),
+    "lone surrogate": b'"\\ud800\\u9526\\u5c4f"',
+    "low surrogate": b'"\\udfff"',
+    "huge number": b"1" + b"0" * 5_000,
+    "NaN": b"NaN",
+    "truncated": b'"\xe9\x94',
+    "nul characters": b'"\\u0000\\u0000"',
+}
+"""Bad values, each sent as the question, as an earlier message and as a chat message."""
+
+
+def bodies(path: str, value: bytes) -> list[bytes]:
+    if path.startswith("/v1/"):
+        return [
+            b'{"messages": [{"role": "user", "content": ' + value + b"}]}",
+            b'{"messages": [{"role": "user", "content": ' + value + b'}, {"role": "user", "content": "q"}]}',
+        ]
+    return [
+        b'{"question": ' + value + b"}",
+        b'{"question": "q", "history": [{"role": "user", "content": ' + value + b"}]}",
+        b'{"question": "q", "top_k": ' + value + b"}",
+    ]
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+@pytest.mark.parametrize("path", ["/ask", "/ask/stream", "/v1/chat/completions"])
+def test_bad_bodies_get_a_4xx_never_a_5xx(live_server: str, path: str, name: str) -> None:
+    for body in bodies(path, BAD_BODIES[name]):
+        response = httpx.post(
+            f"{live_server}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=120
+        )
+        assert response.status_code < 500, (name, body[:80], response.status_code, response.text[:200])
+        if response.status_code >= 400:
+            assert response.json()["message"], response.text
+
+
+def test_a_lone_surrogate_in_the_question_is_named(live_server: str) -> None:
+    body = b'{"question": "\\ud800\\u9526\\u5c4f"}'
+    response = httpx.post(
+        f"{live_server}/ask", content=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("question")

@@ -159,6 +159,8 @@ def served_hosts(allowed: list[str], bind_host: str) -> list[str]:
 
 def server_config(app: Any, settings: Settings, **kwargs: Any) -> ServerConfig:
     """The uvicorn config for ``app`` with the limits of ``settings`` (``kwargs``: host, port, ...)."""
+    # On SIGTERM, requests still running get as long as one answer may take, then are cut.
+    kwargs.setdefault("timeout_graceful_shutdown", max(1, round(settings.request_timeout)))
     return ServerConfig(
         app,
         header_timeout=settings.header_timeout,
