@@ -684,9 +684,15 @@ def test_unexpected_errors_are_json_with_headers(
         monkeypatch.setattr(answerer, "answer", broken)
         r = c.post("/ask", json={"question": "锦屏成立了什么联盟"})
         assert r.status_code == 500
-        assert r.json() == {"detail": "internal server error; see the server log"}
+        internal = "internal server error; see the server log"
+        assert r.json() == {"detail": internal, "message": internal}
         assert r.headers["content-security-policy"] == CSP
         assert "boom" not in r.text
+        chat = {"model": "rag-zh", "messages": [{"role": "user", "content": "锦屏成立了什么联盟"}]}
+        v1 = c.post("/v1/chat/completions", json=chat)
+        assert v1.status_code == 500 and "boom" not in v1.text
+        error = {"message": internal, "type": "server_error", "param": None, "code": None}
+        assert v1.json()["error"] == error
         events = sse_events(c.post("/ask/stream", json={"question": "锦屏成立了什么联盟"}).text)
         assert events == [("error", {"detail": "internal error while answering; see the server log"})]
 

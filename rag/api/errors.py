@@ -199,7 +199,7 @@ async def server_error_handler(request: Request, _exc: Exception) -> JSONRespons
     """A bug: logged with its traceback by Starlette; the client learns nothing about it."""
     # Runs outside the middleware stack (in Starlette's ServerErrorMiddleware): add the headers here.
     headers = security_headers(request.url.path)
-    return JSONResponse({"detail": INTERNAL_ERROR}, 500, headers=headers)
+    return error_response(request, 500, INTERNAL_ERROR, headers=headers)
 
 
 def add_handlers(app: FastAPI) -> None:
