@@ -15,19 +15,29 @@ The pipeline, per file:
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import itertools
 import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from rag.errors import IngestError
+from rag.extract import ExtractError, PageText, docx_text, html_text, pdf_pages
 from rag.models import Article, SkippedFile
 from rag.textnorm import nfkc
 
 log = logging.getLogger(__name__)
 
-DOC_SUFFIXES = (".txt", ".md")
+TEXT_SUFFIXES = (".txt", ".md")
+PDF_SUFFIXES = (".pdf",)
+DOCX_SUFFIXES = (".docx",)
+HTML_SUFFIXES = (".html", ".htm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+"""Read by OCR (``rag.ocr``); without it such a file is skipped with a reason."""
+DOC_SUFFIXES = TEXT_SUFFIXES + PDF_SUFFIXES + DOCX_SUFFIXES + HTML_SUFFIXES + IMAGE_SUFFIXES
 EXAMPLES_FILE = "questions.txt"
 """The example questions at the docs root: not a document, not listed as skipped."""
 
@@ -525,20 +535,127 @@ def parse_document(data: bytes, source: str) -> list[Article]:
     """
     if not data.strip():
         raise DocumentError(source, REASON_EMPTY)
-    articles = parse_page(decode(data, source), source)
+    articles = document_articles(data, source)
     if not articles:
         raise DocumentError(source, REASON_NO_TEXT)
     return articles
 
 
+REASON_NO_OCR = (
+    "需要 OCR 组件才能读取{what}（rag.ocr 无法加载：{why}）；"
+    "请安装 rapidocr-onnxruntime，或改用带文字层的 PDF/文本"
+)
+
+
+def _ocr(source: str, what: str) -> ModuleType:
+    """``rag.ocr``, imported on first use; :class:`DocumentError` naming the file when it cannot load."""
+    try:
+        return importlib.import_module("rag.ocr")
+    except ImportError as exc:  # the OCR engine is optional: text formats work without it
+        raise DocumentError(source, REASON_NO_OCR.format(what=what, why=exc)) from None
+
+
+def _ocr_text(source: str, call: str, *args: object) -> str:
+    """Run one ``rag.ocr`` function; its failures become a :class:`DocumentError` naming the file."""
+    what = "图片" if call == "ocr_image" else "扫描版 PDF 页面"
+    ocr = _ocr(source, what)
+    try:
+        page = getattr(ocr, call)(*args)
+    except DocumentError:
+        raise
+    except IngestError as exc:
+        raise DocumentError(source, str(exc)) from None
+    except (ValueError, OSError, RuntimeError) as exc:
+        log.debug("%s: OCR failed: %r", source, exc)
+        raise DocumentError(source, f"{what}无法识别（文件已损坏或不是图片）；请重新导出后再添加") from None
+    return str(page.text)
+
+
+def _pdf_texts(data: bytes, source: str) -> list[PageText]:
+    """A PDF's pages as text: its text layer, or OCR for pages without one (scans)."""
+    pages = pdf_pages(data)
+    out: list[PageText] = []
+    for page in pages:
+        if page.text.strip() or page.number is None:
+            out.append(page)
+            continue
+        # No text layer: a scanned page. OCR it when rag.ocr is there; else say so if the
+        # whole file is scans (a single blank page among text pages is just blank).
+        try:
+            out.append(PageText(page.number, _ocr_text(source, "ocr_pdf_page", data, page.number - 1)))
+        except DocumentError:
+            if any(p.text.strip() for p in pages):
+                continue
+            raise
+    return out
+
+
+def document_texts(data: bytes, source: str) -> list[PageText]:
+    """A document's page texts, read by its suffix (text, PDF, DOCX, HTML, image).
+
+    :class:`DocumentError` naming ``source`` when the file cannot be read.
+    """
+    suffix = Path(source).suffix.lower()
+    try:
+        if suffix in PDF_SUFFIXES:
+            return _pdf_texts(data, source)
+        if suffix in DOCX_SUFFIXES:
+            return [PageText(None, docx_text(data))]
+        if suffix in HTML_SUFFIXES:
+            if b"\x00" in data[:8192]:
+                raise DocumentError(source, "不是网页文件（含二进制内容）；请保存为 .html 网页")
+            return [PageText(None, html_text(data))]
+        if suffix in IMAGE_SUFFIXES:
+            return [PageText(1, _ocr_text(source, "ocr_image", data))]
+    except ExtractError as exc:
+        raise DocumentError(source, exc.reason) from None
+    return [PageText(None, decode(data, source))]
+
+
+def check_document(data: bytes, source: str) -> None:
+    """What can be told of a document at once, for an upload: :class:`DocumentError` if not usable.
+
+    Text, Word and web pages are read whole (milliseconds). What needs OCR (images, PDF
+    pages without a text layer) takes seconds a page, so here an image is only opened and a
+    PDF's text layer read; the OCR runs once, in the job that indexes the file.
+    """
+    if not data.strip():
+        raise DocumentError(source, REASON_EMPTY)
+    suffix = Path(source).suffix.lower()
+    try:
+        if suffix in IMAGE_SUFFIXES:
+            ocr = _ocr(source, "图片")
+            ocr.check_image(data)
+            return
+        if suffix in PDF_SUFFIXES:
+            pdf_pages(data)  # opens, is not encrypted; pages without text are OCR'd later
+            return
+    except ExtractError as exc:
+        raise DocumentError(source, exc.reason) from None
+    except IngestError as exc:
+        raise DocumentError(source, str(exc)) from None
+    if not document_articles(data, source):
+        raise DocumentError(source, REASON_NO_TEXT)
+
+
+def document_articles(data: bytes, source: str) -> list[Article]:
+    """Segment each page of a document into articles: ``page`` set for PDFs and scans, positions
+    numbered across the whole document (an empty document gives none)."""
+    articles: list[Article] = []
+    for page in document_texts(data, source):
+        for article in parse_page(page.text, source):
+            articles.append(dataclasses.replace(article, position=len(articles), page=page.number))
+    return articles
+
+
 def read_document(path: Path, docs_dir: Path | None = None) -> list[Article]:
-    """Read and segment one ``.txt``/``.md`` file; raises ``IngestError`` naming the file.
+    """Read and segment one document of any supported type; raises ``IngestError`` naming it.
 
     The articles' ``source`` is :func:`document_source` of ``path`` in ``docs_dir``; an
     empty page gives no articles.
     """
     source = document_source(path, docs_dir)
-    return parse_page(decode(read_bytes(path, source), source), source)
+    return document_articles(read_bytes(path, source), source)
 
 
 @dataclass
@@ -546,7 +663,9 @@ class DocumentScan:
     """What a docs folder holds: the files to read, and those of a type that is not understood."""
 
     paths: list[Path]
-    """``.txt``/``.md`` files, sorted (they may still fail to read: see :func:`parse_document`)."""
+    """Files of a supported type (:data:`DOC_SUFFIXES`), sorted.
+
+    They may still fail to read: see :func:`parse_document`."""
     skipped: list[SkippedFile]
     """Files of any other type, sorted by source, each with :func:`unsupported_reason`."""
 
@@ -558,7 +677,8 @@ def _check_docs_dir(docs_dir: Path) -> None:
         )
     if not docs_dir.is_dir():
         raise IngestError(
-            f"文档文件夹 {docs_dir} 不存在；请用 --docs 指定存放 .txt/.md 文件的文件夹（或设置 RAG_DOCS_DIR）"
+            f"文档文件夹 {docs_dir} 不存在；请用 --docs 指定存放文档"
+            "（.txt、.md、.pdf、.docx、.html 等）的文件夹（或设置 RAG_DOCS_DIR）"
         )
 
 
@@ -591,13 +711,16 @@ def scan_documents(docs_dir: Path) -> DocumentScan:
 
 
 def list_documents(docs_dir: Path) -> list[Path]:
-    """The ``.txt``/``.md`` files of a docs folder, sorted (:attr:`DocumentScan.paths`)."""
+    """The supported files of a docs folder, sorted (:attr:`DocumentScan.paths`)."""
     return scan_documents(docs_dir).paths
 
 
 def no_articles_message(docs_dir: Path, skipped: list[SkippedFile] | tuple[SkippedFile, ...] = ()) -> str:
     """One line: ``docs_dir`` has nothing to index, the files skipped and why, and the fix."""
-    message = f"{docs_dir} 中没有可索引的 .txt 或 .md 文章；请放入文档，或用 --docs 指定其他文件夹"
+    message = (
+        f"{docs_dir} 中没有可索引的文章（支持 .txt、.md、.pdf、.docx、.html 和图片）；"
+        "请放入文档，或用 --docs 指定其他文件夹"
+    )
     if skipped:
         message += "（已跳过：" + "；".join(f"{s.source}：{s.reason}" for s in skipped) + "）"
     return message

@@ -33,6 +33,9 @@ class Article:
     """The line printed above the headline, e.g. ``提升服务质量 打破发展瓶颈``."""
     subtitle: str | None = None
     """The line printed below it, e.g. ``——岳林街道2021年工作回眸``."""
+    page: int | None = None
+    """The 1-based page of the PDF or scan it came from; None for text, DOCX and HTML files
+    (and for builds made before pages were recorded)."""
 
     @property
     def id(self) -> str:

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=None, extra="ignore")
 
     # Corpus and index
-    docs_dir: Path = Field(Path("seeds"), description="Folder of .txt/.md documents to index.")
+    docs_dir: Path = Field(
+        Path("seeds"), description="Folder of documents to index (.txt, .md, .pdf, .docx, .html, images)."
+    )
     index_dir: Path = Field(Path("index"), description="Where the built index lives.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted models.")
 

@@ -1,7 +1,8 @@
 """A docs folder with one good file and three a build must skip (test_index, test_api).
 
-The bad files are real: a PNG image written byte for byte by the PNG rules, the same
-image renamed ``.md`` (binary content behind a text suffix) and an empty ``.txt``.
+The bad files are real: a PNG image written byte for byte by the PNG rules renamed ``.md``
+(binary content behind a text suffix), the same bytes as ``.xlsx`` (a type not read) and an
+empty ``.txt``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ GOOD_QUESTION = "青石岭村建成的乡村图书馆叫什么名字"
 BAD_REASONS = {
     "binary.md": "不是文本文件（含二进制内容）；请另存为 UTF-8 文本",
     "empty.txt": "空文件",
-    "photo.png": "不支持的文件类型 .png；支持 .txt、.md",
+    "sheet.xlsx": "不支持的文件类型 .xlsx；支持 .txt、.md、.pdf、.docx、."
+    "html、.htm、.png、.jpg、.jpeg、.tif、.tiff、.bmp、.webp",
 }
 """Each bad file's name and the reason a build gives for skipping it."""
 
@@ -47,6 +49,6 @@ def write_bad_docs(docs: Path) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / GOOD_NAME).write_text(GOOD_DOC, encoding="utf-8")
     (docs / "binary.md").write_bytes(png_bytes())
-    (docs / "photo.png").write_bytes(png_bytes())
+    (docs / "sheet.xlsx").write_bytes(png_bytes())
     (docs / "empty.txt").write_bytes(b"")
     return docs

@@ -578,7 +578,8 @@ def test_uploads_are_off_without_a_token(api_settings: Settings, embedder: Embed
 @pytest.mark.parametrize(
     ("name", "data", "content_type", "status", "mentions"),
     [
-        ("bad.pdf", b"%PDF-1.4 ...", "application/pdf", 415, "bad.pdf"),
+        ("bad.pdf", b"%PDF-1.4 ...", "application/pdf", 400, "bad.pdf"),  # a PDF, but broken
+        ("sheet.xlsx", b"PK\x03\x04", "application/octet-stream", 415, "sheet.xlsx"),
         ("noext", "文字".encode(), "text/plain", 415, "noext"),
         (
             "picture.txt",

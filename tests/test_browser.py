@@ -732,11 +732,12 @@ def test_document_errors_are_in_chinese(news: Watched, news_server: str) -> None
     page.locator("#token-save").click()
     # Wrong type: refused by the page before it is sent.
     page.locator("#upload-file").set_input_files(
-        {"name": "照片.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes(16)}
+        {"name": "表格.xlsx", "mimeType": "application/octet-stream", "buffer": b"PK\x03\x04" + bytes(16)}
     )
     page.locator("#upload-send").click()
     expect(page.locator("#docs-error")).to_have_text(
-        "不支持 照片.png 的文件类型；请上传 .txt、.md 文本文件。"
+        "不支持 表格.xlsx 的文件类型；请上传 .txt、.md、.pdf、.docx、.html、."
+        "htm、.png、.jpg、.jpeg、.tif、.tiff、.bmp、.webp 文件。"
     )
     # A file the server cannot read (binary under a .txt name): the server's 400, in Chinese.
     page.locator("#upload-file").set_input_files(

@@ -165,7 +165,7 @@ def test_a_strict_build_stops_at_the_first_bad_file_and_keeps_the_live_index(
         build_index(s, embedder, strict=True)
     (docs / "empty.txt").unlink()
     stats = build_index(s, embedder, strict=True)  # an unknown type is only listed, even when strict
-    assert [(f.source, f.reason) for f in stats.skipped] == [("photo.png", BAD_REASONS["photo.png"])]
+    assert [(f.source, f.reason) for f in stats.skipped] == [("sheet.xlsx", BAD_REASONS["sheet.xlsx"])]
 
 
 def test_nothing_readable_is_an_error_listing_every_skipped_file(
@@ -177,7 +177,7 @@ def test_nothing_readable_is_an_error_listing_every_skipped_file(
     with pytest.raises(IndexError_) as exc:
         build_index(s, embedder)
     message = str(exc.value)
-    assert "\n" not in message and message.startswith(f"{docs} 中没有可索引的 .txt 或 .md 文章")
+    assert "\n" not in message and message.startswith(f"{docs} 中没有可索引的文章")
     for name, reason in BAD_REASONS.items():
         assert f"{name}：{reason}" in message
     assert not (s.index_dir / "CURRENT").exists()

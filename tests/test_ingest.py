@@ -227,7 +227,7 @@ def test_empty_files_and_files_without_text_are_errors_of_parse_document_only(tm
 
 
 def test_empty_or_missing_corpus_is_an_error(tmp_path: Path) -> None:
-    empty = f"^{re.escape(str(tmp_path))} 中没有可索引的 .txt 或 .md 文章；.*--docs"
+    empty = f"^{re.escape(str(tmp_path))} 中没有可索引的文章（.*）；.*--docs"
     with pytest.raises(IngestError, match=empty):
         load_corpus(tmp_path)
     missing = tmp_path / "missing"
@@ -245,6 +245,9 @@ def test_docs_pointing_at_a_file_names_its_folder(tmp_path: Path) -> None:
     assert str(page) in message and message.endswith(f"--docs {tmp_path}")
 
 
+SUPPORTED = "支持 .txt、.md、.pdf、.docx、.html、.htm、.png、.jpg、.jpeg、.tif、.tiff、.bmp、.webp"
+
+
 def test_scan_lists_documents_and_skips_unknown_types_hidden_files_and_the_examples(tmp_path: Path) -> None:
     for name in [
         "a.txt",
@@ -255,6 +258,7 @@ def test_scan_lists_documents_and_skips_unknown_types_hidden_files_and_the_examp
         "photo.png",
         "report.pdf",
         "sub/notes.docx",
+        "sheet.xlsx",
         "README",
         ".hidden.txt",
         ".git/config",
@@ -268,15 +272,16 @@ def test_scan_lists_documents_and_skips_unknown_types_hidden_files_and_the_examp
     assert [p.relative_to(tmp_path).as_posix() for p in scan.paths] == [
         "a.txt",
         "b.MD",
+        "photo.png",
+        "report.pdf",
         "sub/c.md",
+        "sub/notes.docx",
         "sub/questions.txt",
     ]
     assert list_documents(tmp_path) == scan.paths
     assert scan.skipped == [
-        SkippedFile("README", "不支持的文件类型（没有扩展名）；支持 .txt、.md"),
-        SkippedFile("photo.png", "不支持的文件类型 .png；支持 .txt、.md"),
-        SkippedFile("report.pdf", "不支持的文件类型 .pdf；支持 .txt、.md"),
-        SkippedFile("sub/notes.docx", "不支持的文件类型 .docx；支持 .txt、.md"),
+        SkippedFile("README", f"不支持的文件类型（没有扩展名）；{SUPPORTED}"),
+        SkippedFile("sheet.xlsx", f"不支持的文件类型 .xlsx；{SUPPORTED}"),
     ]
 
 

@@ -54,7 +54,16 @@ from rag.errors import (
 from rag.examples import Examples, example_questions
 from rag.feedback import FeedbackStore, feedback_path
 from rag.index import SearchIndex, build_index, load_index
-from rag.ingest import DOC_SUFFIXES, document_source, list_documents, read_document
+from rag.ingest import (
+    DOC_SUFFIXES,
+    DOCX_SUFFIXES,
+    HTML_SUFFIXES,
+    IMAGE_SUFFIXES,
+    PDF_SUFFIXES,
+    check_document,
+    document_source,
+    list_documents,
+)
 from rag.llm import LLMClient
 from rag.models import Article, SkippedFile
 from rag.reader import Reader, load_settings_reader
@@ -66,7 +75,10 @@ log = logging.getLogger(__name__)
 UPLOAD_CONTENT_TYPES = frozenset(
     {"", "text/plain", "text/markdown", "text/x-markdown", "application/octet-stream"}
 )
-"""Media types an upload may declare besides ``text/*`` (browsers send these for .md files)."""
+"""Media types an upload of a text file may declare besides ``text/*`` (browsers send these for .md)."""
+GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream"})
+"""Media types that say nothing about the file: accepted for every supported suffix."""
+DOCX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
 MAX_STEM_BYTES = 200
 """The most UTF-8 bytes of a saved file name before its suffix.
@@ -460,10 +472,8 @@ class Service:
         staging = docs_dir / f".upload-{os.getpid()}-{job_id}"
         try:
             staging.mkdir()
-            staged = staging / name
-            staged.write_bytes(data)
-            if not read_document(staged, staging):  # an IngestError names the file
-                raise IngestError(f"{name}: contains no article text")
+            (staging / name).write_bytes(data)
+            check_document(data, name)  # a DocumentError names the file; OCR waits for the job
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -590,11 +600,34 @@ def remove_staging_leftovers(docs_dir: Path) -> list[Path]:
     return removed
 
 
+def _media_fits(suffix: str, media: str) -> bool:
+    """Whether a declared media type fits the file's suffix (a generic one fits any)."""
+    if media in GENERIC_CONTENT_TYPES:
+        return True
+    if suffix in PDF_SUFFIXES:
+        return media in ("application/pdf", "application/x-pdf")
+    if suffix in DOCX_SUFFIXES:
+        return media in (DOCX_CONTENT_TYPE, "application/zip")
+    if suffix in HTML_SUFFIXES:
+        return media in ("text/html", "application/xhtml+xml")
+    if suffix in IMAGE_SUFFIXES:
+        return media.startswith("image/")
+    return media in UPLOAD_CONTENT_TYPES or media.startswith("text/")
+
+
 def check_upload(name: str, content_type: str | None, data: bytes, limit: int) -> None:
-    """Refuse an upload that is not text, too large or empty (the message names the file)."""
+    """Refuse an upload whose media type does not fit its suffix, too large or empty (naming the file).
+
+    Text files take ``text/*``; PDF ``application/pdf``; DOCX its Office type; HTML
+    ``text/html``; images ``image/*``; any of them ``application/octet-stream`` or none.
+    """
     media = (content_type or "").split(";")[0].strip().lower()
-    if media not in UPLOAD_CONTENT_TYPES and not media.startswith("text/"):
-        raise UnsupportedMediaError(f"{name}: content type {media} is not text; upload a .txt or .md file")
+    suffix = next((s for s in DOC_SUFFIXES if name.lower().endswith(s)), "")
+    if not _media_fits(suffix, media):
+        raise UnsupportedMediaError(
+            f"{name}: content type {media} does not fit a {suffix or 'text'} file; "
+            f"upload a {'/'.join(DOC_SUFFIXES)} file with its own type"
+        )
     if len(data) > limit:
         raise PayloadTooLargeError(f"{name} is larger than the limit of {limit} bytes (RAG_MAX_UPLOAD_BYTES)")
     if not data.strip():
@@ -620,7 +653,7 @@ def safe_filename(raw: str | None) -> str:
     hidden files). A stem over :data:`MAX_STEM_BYTES` UTF-8 bytes is shortened at a
     character boundary and ends in ``-`` and a hash of the whole name. A name with nothing
     but dots, spaces and a suffix (``.txt``) is a bad name (``PayloadError``, 400);
-    anything but ``.txt``/``.md`` is refused (``UnsupportedMediaError``, 415).
+    any suffix outside :data:`rag.ingest.DOC_SUFFIXES` is refused (``UnsupportedMediaError``, 415).
     """
     if not raw or not raw.strip():
         raise PayloadError("the uploaded file has no name; send it as a .txt or .md file")
@@ -631,7 +664,7 @@ def safe_filename(raw: str | None) -> str:
     if suffix is None:
         if not name.strip(". "):  # "..", "   ", "...": no name at all, whatever the type
             raise bad_name
-        raise UnsupportedMediaError(f"{_shown(raw)}: only .txt and .md files can be added")
+        raise UnsupportedMediaError(f"{_shown(raw)}: only {'/'.join(DOC_SUFFIXES)} files can be added")
     stem = re.sub(r"[^\w.-]+", "_", name[: -len(suffix)])
     stem = re.sub(r"\.{2,}", ".", stem).strip("._-")
     if not stem:

@@ -140,7 +140,7 @@ def document(doc_id: str, service: ServiceDep) -> DocumentOut:
     tags=["documents"],
 )
 async def upload(request: Request, response: Response, service: ServiceDep) -> JobAccepted:
-    """Add (or replace) a .txt/.md document: checked at once, then indexed by a job (202).
+    """Add (or replace) a document (text, PDF, Word, web page, image): checked at once, indexed by a job.
 
     The document is answerable once ``GET /documents/jobs/{id}`` says ``done``; the job's
     ``source`` is the name it is saved under (cleaned, and shortened past 200 UTF-8 bytes).
