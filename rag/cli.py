@@ -37,7 +37,9 @@ log = logging.getLogger("rag")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-DocsOpt = Annotated[Path | None, typer.Option("--docs", help="Folder of .txt/.md documents.")]
+DocsOpt = Annotated[
+    Path | None, typer.Option("--docs", help="Folder of documents (.txt, .md, .pdf, .docx, .html, images).")
+]
 IndexOpt = Annotated[Path | None, typer.Option("--index", help="Index folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -452,6 +454,7 @@ SimplifiedOpt = Annotated[
     bool | None, typer.Option("--simplified/--no-simplified", help="Also ask SQuAD questions in simplified.")
 ]
 NoTitleOpt = Annotated[bool, typer.Option("--no-title", help="Skip the title-context comparison.")]
+OcrOpt = Annotated[bool, typer.Option("--ocr", help="OCR accuracy on rendered 2-column pages only.")]
 
 
 @app.command("eval")
@@ -474,8 +477,13 @@ def eval_(
     simplified: SimplifiedOpt = None,
     no_title: NoTitleOpt = False,
     docs: DocsOpt = None,
+    ocr: OcrOpt = False,
 ) -> None:
     """Measure retrieval and answers on question sets, write reports, optionally gate on thresholds."""
+    if ocr:
+        from rag.evaluation.ocr import run_ocr_eval
+
+        raise typer.Exit(run_ocr_eval(make_settings(docs).docs_dir))
     import importlib.util
     import shutil
 

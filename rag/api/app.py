@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from rag.api.errors import add_handlers
 from rag.api.limits import AnswerLimiter
-from rag.api.routes import documents, feedback, health, openai, pages, questions
+from rag.api.routes import documents, feedback, health, openai, pages, pages_images, questions
 from rag.api.security import HostCheckMiddleware, SecurityHeadersMiddleware
 from rag.api.service import Service
 from rag.embedding import Embedder
@@ -57,6 +57,6 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
     add_handlers(app)
     app.mount("/static", StaticFiles(directory=pages.WEB_DIR / "static"), name="static")
     app.mount(pages.DOCS_STATIC, StaticFiles(directory=_swagger_assets()), name="docs-static")
-    for module in (pages, questions, documents, feedback, health, openai):
+    for module in (pages, questions, documents, pages_images, feedback, health, openai):
         app.include_router(module.router)
     return app

@@ -917,11 +917,11 @@
       case 413:
         return `${name} 太大：上传上限是 ${formatBytes(MAX_UPLOAD_BYTES)}（RAG_MAX_UPLOAD_BYTES）。`;
       case 415:
-        return `不支持 ${name} 的文件类型；请上传 ${DOC_TYPES.join("、")} 文本文件。`;
+        return `不支持 ${name} 的文件类型；请上传 ${DOC_TYPES.join("、")} 文件。`;
       default:
         if (status >= 500) return `服务器处理 ${name} 时出错（${status}），请稍后重试或查看服务器日志。`;
         if (hasChinese(detail)) return detail.includes(name) ? detail : `${name}：${detail}`;
-        return `无法处理 ${name}：请确认它是 UTF-8 或 GB18030 编码、含有正文的 ${DOC_TYPES.join("、")} 文件（服务器说：${detail}）。`;
+        return `无法处理 ${name}：请确认它含有正文（文本文件用 UTF-8 或 GB18030 编码）（服务器说：${detail}）。`;
     }
   }
 
@@ -1141,7 +1141,7 @@
   function checkFile(file) {
     const lower = file.name.toLowerCase();
     if (!DOC_TYPES.some((s) => lower.endsWith(s))) {
-      return `不支持 ${file.name} 的文件类型；请上传 ${DOC_TYPES.join("、")} 文本文件。`;
+      return `不支持 ${file.name} 的文件类型；请上传 ${DOC_TYPES.join("、")} 文件。`;
     }
     if (MAX_UPLOAD_BYTES && file.size > MAX_UPLOAD_BYTES) {
       return `${file.name} 太大（${formatBytes(file.size)}）：上传上限是 ${formatBytes(MAX_UPLOAD_BYTES)}（RAG_MAX_UPLOAD_BYTES）。`;
