@@ -69,6 +69,13 @@ HTML_BODY = (
 HTML_QUESTION = ("白塔街道社区食堂每天供应多少份午餐", "六百份")
 HTML_CHROME = ("首页", "网站地图", "版权所有", "关于我们", "相关新闻")
 
+SCAN_TITLE = "柳溪村修通进山公路"
+SCAN_BODY = (
+    "本报讯（通讯员 孙丽）柳溪村进山公路日前修通，公路全长九点三公里，宽六米，"
+    "连接村里的五个自然村。村民说，以前进山要走两个小时，现在开车二十分钟就到了。"
+)
+SCAN_QUESTION = ("柳溪村进山公路全长多少公里", "九点三公里")
+
 UPLOAD_TEXT = (
     "本报讯 松林湖公园新建的环湖步道全长七点六公里，沿途设置了十二个休息驿站，"
     "步道两侧种植了樱花和桂花，市民可以在这里散步和骑行。"
@@ -110,6 +117,24 @@ def print_pdf(html: str) -> bytes:
                 ),
                 margin={"top": "22mm", "bottom": "22mm", "left": "18mm", "right": "18mm"},
             )
+        finally:
+            browser.close()
+
+
+def screenshot_png() -> bytes:
+    """A PNG of a Chinese news article rendered by Chromium in Noto CJK at 300 dpi (a "scan")."""
+    html = (
+        "<html><head><meta charset='utf-8'><style>body { font-family: 'Noto Serif CJK SC', serif;"
+        " font-size: 12pt; width: 160mm; margin: 12mm; } h2 { font-size: 18pt; }"
+        " p { text-indent: 2em; line-height: 1.6; }</style></head>"
+        f"<body><h2>{SCAN_TITLE}</h2><p>{SCAN_BODY}</p></body></html>"
+    )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(device_scale_factor=300 / 96)
+            page.set_content(html)
+            return page.screenshot(full_page=True, type="png")
         finally:
             browser.close()
 
@@ -198,6 +223,7 @@ def formats_settings(
     (docs / "报纸第3版.pdf").write_bytes(newspaper_pdf)
     (docs / "来稿.docx").write_bytes(make_docx())
     (docs / "食堂.html").write_bytes(make_html("gb2312"))
+    (docs / "柳溪村.png").write_bytes(screenshot_png())
     (docs / "truncated.pdf").write_bytes(newspaper_pdf[: len(newspaper_pdf) // 3])
     for name, (data, _) in BAD_FILES.items():
         (docs / name).write_bytes(data)
@@ -294,7 +320,12 @@ def test_build_skips_malformed_files_with_reasons(
     formats_settings: Settings, embedder: Embedder, client: httpx.Client
 ) -> None:
     listing = client.get("/documents").json()
-    assert {f["source"] for f in listing["files"]} == {"报纸第3版.pdf", "来稿.docx", "食堂.html"}
+    assert {f["source"] for f in listing["files"]} == {
+        "报纸第3版.pdf",
+        "来稿.docx",
+        "食堂.html",
+        "柳溪村.png",
+    }
     skipped = {s["source"]: s["reason"] for s in listing["skipped"]}
     assert skipped == {
         **{n: r for n, (_, r) in BAD_FILES.items()},
@@ -303,11 +334,18 @@ def test_build_skips_malformed_files_with_reasons(
     articles = load_index(formats_settings, embedder).articles.values()
     pages = {a.title: a.page for a in articles if a.source == "报纸第3版.pdf"}
     assert pages == {COL1_TITLE: 1, COL2_TITLE: 1, PAGE2_TITLE: 2}
+    scanned = [a for a in articles if a.source == "柳溪村.png"]
+    assert [(a.title, a.page) for a in scanned] == [(SCAN_TITLE, 1)]
 
 
 @pytest.mark.parametrize(
     ("source", "question"),
-    [("报纸第3版.pdf", PDF_QUESTION), ("来稿.docx", DOCX_QUESTION), ("食堂.html", HTML_QUESTION)],
+    [
+        ("报纸第3版.pdf", PDF_QUESTION),
+        ("来稿.docx", DOCX_QUESTION),
+        ("食堂.html", HTML_QUESTION),
+        ("柳溪村.png", SCAN_QUESTION),  # read by OCR
+    ],
 )
 def test_each_format_answers_its_question(
     client: httpx.Client, source: str, question: tuple[str, str]
