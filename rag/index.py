@@ -227,7 +227,8 @@ def _code_fingerprint(*modules: str) -> str:
 
 
 def _parser_fingerprint() -> str:
-    return str(_code_fingerprint("rag.ingest", "rag.textnorm", "rag.models"))
+    # The extractors and the OCR make the page text the ingest cuts into articles.
+    return str(_code_fingerprint("rag.ingest", "rag.extract", "rag.ocr", "rag.textnorm", "rag.models"))
 
 
 def _tokenizer_fingerprint() -> str:
