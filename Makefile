@@ -54,8 +54,8 @@ $(RUNTIME): pyproject.toml $(TORCH)
 	@touch $@
 
 $(DEV): pyproject.toml $(RUNTIME)
-	@echo "==> 安装测试与评测工具（pip install -e '.[dev,eval]'：pytest、playwright、ruff、mypy、ranx……）"
-	@$(HEARTBEAT) $(BIN)/pip install -e '.[dev,eval]' $(TOOK)
+	@echo "==> 安装测试与评测工具（pip install -e '.[dev,eval,milvus]'：pytest、playwright、ruff、mypy、ranx、milvus-lite……）"
+	@$(HEARTBEAT) $(BIN)/pip install -e '.[dev,eval,milvus]' $(TOOK)
 	@touch $@
 
 run: $(RUNTIME)

@@ -54,6 +54,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from rag import milvus_store
 from rag.chunking import chunk_articles
 from rag.embedding import Embedder
 from rag.errors import CorruptIndexError, IndexError_, StaleIndexError
@@ -118,6 +119,8 @@ class SearchIndex:
     warnings: list[str] = field(default_factory=list)
     """What a readiness check should show besides :func:`verify_loaded`'s problems
     (today: the fallback, when there was one)."""
+    store: milvus_store.MilvusStore | None = None
+    """The build's Milvus collection (``RAG_BACKEND=milvus``); ``None``: search the files."""
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -510,6 +513,8 @@ def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
                 log.info("跳过用不同设置建立的索引 %s", build)
                 continue
             index = _open_build(build, manifest, embedder.dim)
+            if settings.backend == "milvus":
+                index.store = _open_store(settings, build, manifest)
         except _BadBuild as bad:
             # Logged only if an older build is served: else the error says it, once.
             passed_over.append(bad.line)
@@ -526,6 +531,20 @@ def load_index(settings: Settings, embedder: Embedder) -> SearchIndex:
     raise CorruptIndexError(
         f"索引文件 {first_bad.line}，且没有可用的较早索引；请重建索引：{_rebuild_command(settings, docs_dir)}"
     )
+
+
+def _open_store(settings: Settings, build: Path, manifest: dict[str, Any]) -> milvus_store.MilvusStore:
+    """The Milvus collection the manifest names, its row count checked; ``_BadBuild`` if it is not usable."""
+    record = manifest.get("milvus")
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), int):
+        raise _BadBuild(
+            build / "manifest.json",
+            "建立时没有写入 Milvus（当时 RAG_BACKEND=faiss）；请用 RAG_BACKEND=milvus 重建",
+        )
+    try:
+        return milvus_store.MilvusStore.open(settings, str(record.get("collection")), record["rows"])
+    except ValueError as exc:
+        raise _BadBuild(build / "manifest.json", str(exc)) from None
 
 
 @dataclass
@@ -771,7 +790,7 @@ def _write_build(settings: Settings, content: _BuildContent, dim: int) -> Path:
         np.save(tmp / "vectors.npy", content.vectors)
         faiss.write_index(build_faiss(content.vectors, settings.ann_threshold), str(tmp / "faiss.index"))
         build_bm25(content.chunk_tokens).save(str(tmp / "bm25"), show_progress=False)
-        manifest = {
+        manifest: dict[str, Any] = {
             "settings": content.settings,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "docs_dir": str(settings.docs_dir),
@@ -793,11 +812,19 @@ def _write_build(settings: Settings, content: _BuildContent, dim: int) -> Path:
             "chunk_keys": content.keys,
             "token_keys": content.token_keys,
         }
+        if settings.backend == "milvus":
+            # A new collection per build: the served one is untouched until CURRENT switches.
+            name = milvus_store.collection_name(settings, stamp)
+            rows = milvus_store.write_collection(settings, name, chunks, content.vectors)
+            manifest["milvus"] = {"collection": name, "rows": rows, "uri": milvus_store.resolve_uri(settings)}
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8"
         )
         try:  # read back exactly as load_index will, before anything points at it
-            _open_build(tmp, _read_manifest(tmp), dim)
+            read_back = _read_manifest(tmp)
+            _open_build(tmp, read_back, dim)
+            if settings.backend == "milvus":
+                _open_store(settings, tmp, read_back)
         except _BadBuild as bad:
             raise IndexError_(f"新建立的索引未通过校验（{bad.line}）；请检查磁盘后重试") from None
         final = builds / stamp
@@ -809,7 +836,24 @@ def _write_build(settings: Settings, content: _BuildContent, dim: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_old_builds(builds, keep=stamp)
+    if settings.backend == "milvus":
+        _drop_unused_collections(settings, builds)
     return final
+
+
+def _drop_unused_collections(settings: Settings, builds: Path) -> None:
+    """Drop the Milvus collections no remaining build names (old builds, a killed build's leftover).
+
+    Run after ``CURRENT`` switched, so the collection being served until then was never
+    missing; the one kept build before the new one keeps its collection for the fallback.
+    """
+    keep: set[str] = set()
+    for build in builds.iterdir():
+        with contextlib.suppress(_BadBuild):
+            record = _read_manifest(build).get("milvus") if build.is_dir() else None
+            if isinstance(record, dict):
+                keep.add(str(record.get("collection")))
+    milvus_store.drop_unused(settings, keep)
 
 
 def _is_good(build: Path) -> bool:

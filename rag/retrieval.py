@@ -60,6 +60,8 @@ class Retriever:
         """Top ``depth`` chunks by cosine similarity to the query embedding."""
         if not len(self.index):
             return Ranking([], [])
+        if self.index.store is not None:  # RAG_BACKEND=milvus: the build's collection answers
+            return Ranking(*self.index.store.dense(query, min(depth, len(self.index))))
         scores, ids = self.index.faiss_index.search(query[None, :], min(depth, len(self.index)))
         keep = ids[0] >= 0
         return Ranking(ids[0][keep].tolist(), scores[0][keep].tolist())
@@ -74,6 +76,10 @@ class Retriever:
             tokens = [t for t in tokens if t in kept]
         if not tokens or not len(self.index):
             return Ranking([], [])
+        if self.index.store is not None:
+            # The same terms, each once, in order: the collection's jieba analyzer cuts them again
+            # (a term gives itself and its sub-words, which search mode had given too).
+            return Ranking(*self.index.store.bm25(" ".join(dict.fromkeys(tokens)), depth))
         scores = self.index.bm25.get_scores(tokens)
         depth = min(depth, len(scores))
         top = np.argpartition(-scores, depth - 1)[:depth]

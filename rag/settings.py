@@ -149,3 +149,14 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         256, ge=1, description="Connections served at once; beyond them the server answers 503."
     )
+
+    # Storage backend (README "Milvus"): the embedded FAISS + bm25s files, or also a Milvus
+    # collection per build that dense and BM25 search then ask.
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss (embedded files) or milvus (milvus-lite file or a Milvus server)."
+    )
+    milvus_uri: str = Field(
+        "./milvus.db",
+        description="milvus-lite .db path (relative: under the index folder) or http(s)://host:19530.",
+    )
+    milvus_token: str | None = Field(None, description="Milvus server token (user:password or an API key).")
