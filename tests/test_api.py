@@ -26,7 +26,7 @@ from rag.api.service import safe_filename
 from rag.embedding import Embedder
 from rag.errors import QuestionError
 from rag.index import build_index
-from rag.ingest import document_source, list_documents
+from rag.ingest import DOC_SUFFIXES, document_source, list_documents
 from rag.models import NOT_FOUND
 from rag.retrieval import MAX_QUESTION_CHARS, check_question
 from rag.settings import Settings
@@ -501,7 +501,7 @@ def test_page_gets_its_settings_from_the_server(client: httpx.Client, api_settin
         "data-history-turns": str(api_settings.history_turns),
         "data-top-k": str(api_settings.top_k),
         "data-max-question-chars": str(MAX_QUESTION_CHARS),
-        "data-doc-types": ".txt,.md",
+        "data-doc-types": ",".join(DOC_SUFFIXES),  # every format the ingest reads
         "data-max-upload-bytes": str(api_settings.max_upload_bytes),
         "data-uploads-enabled": "1",  # the test server has an admin token
     }
