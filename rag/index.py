@@ -882,7 +882,8 @@ def _remove_old_builds(builds: Path, keep: str) -> None:
             shutil.rmtree(builds / name, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a leftover named after a live pid is still in use)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -900,7 +901,7 @@ def _remove_abandoned_temps(index_dir: Path) -> None:
     leftovers = [*(index_dir / "builds").glob(".tmp-*"), *index_dir.glob(".CURRENT.*")]
     for path in leftovers:
         pid = path.name.rsplit("-" if path.name.startswith(".tmp-") else ".", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             log.info("removing %s, left by an interrupted build", path)
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -16,14 +16,12 @@ run by hand: ``rag serve`` on loopback, then ``schemathesis run http://127.0.0.1
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
 from conftest import API_ADMIN_TOKEN
+from fake_llm import LoopbackServer
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance, unsupported_method
 
@@ -54,32 +52,12 @@ def own_server(
     api_settings: Settings, embedder: Embedder, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A real uvicorn server like ``live_server``, over a private copy of its docs and index."""
-    import uvicorn
-
-    from rag.api.server import server_config
-
     root = tmp_path_factory.mktemp("schemathesis")
     shutil.copytree(api_settings.docs_dir, root / "docs")
     shutil.copytree(api_settings.index_dir, root / "index", ignore=shutil.ignore_patterns("*.lock"))
     own = api_settings.model_copy(update={"docs_dir": root / "docs", "index_dir": root / "index"})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = server_config(create_app(own, embedder=embedder), own, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start; see the log above")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with LoopbackServer(create_app(own, embedder=embedder), settings=own, name="schemathesis") as server:
+        yield server.url
 
 
 @schema.parametrize()

@@ -53,7 +53,7 @@ from rag.errors import (
 )
 from rag.examples import Examples, example_questions
 from rag.feedback import FeedbackStore, feedback_path
-from rag.index import SearchIndex, build_index, load_index
+from rag.index import SearchIndex, build_index, load_index, pid_alive
 from rag.ingest import (
     DOC_SUFFIXES,
     DOCX_SUFFIXES,
@@ -562,16 +562,6 @@ class Service:
         return Deletion(source=source, article_ids=removed, counts=self.counts(engine))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def remove_staging_leftovers(docs_dir: Path) -> list[Path]:
     """Delete the staging folders a killed server left in the docs folder; returns what went.
 
@@ -588,7 +578,7 @@ def remove_staging_leftovers(docs_dir: Path) -> list[Path]:
         if prefix is None or not path.is_dir():
             continue
         pid = path.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and _pid_alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
