@@ -275,3 +275,49 @@ def test_query_backend_torch_skips_onnx(settings: Settings) -> None:
     assert torch_only.query_encoder is None
     vec = torch_only.embed_query("锦屏成立了什么联盟")
     assert vec.shape == (384,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+def _cpu_has_native_bf16() -> bool | None:
+    """What /proc/cpuinfo says (an oracle independent of torch's own check); None off Linux."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def test_bf16_passages_keep_the_fp32_directions_and_rankings(e5: Embedder, settings: Settings) -> None:
+    fp32 = load_embedder(settings.model_copy(update={"embed_precision": "fp32"}))
+    bf16 = load_embedder(settings.model_copy(update={"embed_precision": "bf16"}))
+    assert (fp32.passage_precision, bf16.passage_precision) == ("fp32", "bf16")
+    texts = TEXTS.parity_texts()
+    a, b = fp32.embed_passages(texts), bf16.embed_passages(texts)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert _cosines(a, b).min() >= 0.9999
+    # bf16 does compute differently (else this test could not fail for a no-op option).
+    assert not np.array_equal(a, b)
+    queries = np.stack([fp32.embed_query(t[:20]) for t in texts[:50]])
+    assert ((queries @ a.T).argmax(axis=1) == (queries @ b.T).argmax(axis=1)).all()
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(settings: Settings) -> None:
+    auto = load_embedder(settings.model_copy(update={"embed_precision": "auto"}))
+    native = _cpu_has_native_bf16()
+    if native is None:
+        assert auto.passage_precision in ("bf16", "fp32")
+    else:
+        assert auto.passage_precision == ("bf16" if native else "fp32")
+
+
+def test_the_manifest_records_the_precision_of_new_vectors(
+    e5: Embedder, settings: Settings, tmp_path: Path
+) -> None:
+    from rag.index import build_index, load_index
+    from rag.models import Article
+
+    article = Article(source="a.txt", position=0, title="联盟", text="锦屏县成立了旅游发展联盟。" * 3)
+    s = settings.model_copy(update={"index_dir": tmp_path / "index", "docs_dir": tmp_path})
+    build_index(s, e5, articles=[article])
+    assert load_index(s, e5).manifest["embed_precision"] == e5.passage_precision
+    build_index(s, e5, articles=[article])  # nothing new to embed: every vector reused
+    assert load_index(s, e5).manifest["embed_precision"] == "none"

@@ -31,8 +31,14 @@ def default_cache_root(settings: Settings) -> Path:
 
 
 def index_key(settings: Settings, embedder: Embedder, extra: str = "") -> str:
-    """Short hash of the index fingerprint of ``settings`` (and an eval-only ``extra``)."""
+    """Short hash of the index fingerprint of ``settings`` (and an eval-only ``extra``).
+
+    The passage precision is part of it (unlike an index's staleness check), so comparing
+    bf16 with fp32 embeds each instead of reusing the other's vectors.
+    """
     fields = {**settings_fingerprint(settings, embedder), "extra": extra}
+    if embedder.passage_precision != "fp32":  # fp32 keeps the keys of the caches made before bf16
+        fields["precision"] = embedder.passage_precision
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -48,6 +48,7 @@ from rag.evaluation.runs import (
     run_retrieval,
 )
 from rag.evaluation.sets import REPO_ROOT, EvalQuestion, EvalSet
+from rag.progress import step
 from rag.retrieval import Retriever
 from rag.settings import RetrievalMode, Settings
 from rag.textnorm import fold
@@ -239,14 +240,20 @@ def evaluate_set(
     """Retrieval for every configuration, answers for the default one: the set's report."""
     started = time.perf_counter()
     cache_root = options.cache_root or default_cache_root(settings)
-    run = _open_set(eval_set, settings, embedder, cache_root)
-    runs, judgments = _search(run, options)
+    # Progress lines (rag.progress: the CLI shows them) so a CI log is never silent for
+    # minutes: the answers of the gate's DRCD subset alone take several.
+    name = eval_set.name
+    with step("%s：建立或复用评测索引……", name, done=f"{name}：索引就绪"):
+        run = _open_set(eval_set, settings, embedder, cache_root)
+    with step("%s：检索 %d 个问题……", name, len(run.answerable), done=f"{name}：检索完成"):
+        runs, judgments = _search(run, options)
     retrieval, details = _score_retrieval(run, runs, judgments)
     answered: _Answered | None = None
     if options.answers and eval_set.name not in options.skip_answers:
         answerer = Answerer(run.base.retriever, run.base.settings)
         try:
-            answered = _answer(run, answerer, details)
+            with step("%s：回答 %d 个问题……", name, len(eval_set.questions), done=f"{name}：回答完成"):
+                answered = _answer(run, answerer, details)
         finally:
             answerer.close()
     mode = run.base.settings.retrieval_mode
@@ -305,6 +312,7 @@ def _report_settings(settings: Settings, embedder: Embedder) -> ReportSettings:
         reader_margin=settings.reader_margin,
         reader_rank_weight=settings.reader_rank_weight,
         llm=bool(settings.llm_base_url),
+        embed_precision=embedder.passage_precision,
     )
 
 

@@ -314,6 +314,8 @@ class ReportSettings:
     reader_margin: float
     reader_rank_weight: float
     llm: bool
+    embed_precision: str = "fp32"
+    """What the eval indexes' passages were embedded in (reports made before bf16: fp32)."""
 
 
 @dataclass(frozen=True)
