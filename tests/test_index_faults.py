@@ -276,7 +276,14 @@ def test_an_upload_like_rebuild_parses_and_tokenizes_only_the_new_file(
     clean = load_index(clean_settings, embedder)
     assert incremental.chunks == clean.chunks and incremental.articles == clean.articles
     assert incremental.bm25.vocab_dict == clean.bm25.vocab_dict
-    assert np.allclose(incremental.vectors, clean.vectors, atol=1e-6)
+    # Equal to the passage precision's rounding: in bf16 a vector's last bits depend on the batch
+    # it was embedded in (its padded length), and the two builds batch differently (measured:
+    # cosine >= 0.99998); in fp32 the difference is float noise.
+    if embedder.passage_precision == "bf16":
+        cosines = np.sum(np.asarray(incremental.vectors) * np.asarray(clean.vectors), axis=1)
+        assert cosines.min() > 0.9999, cosines
+    else:
+        assert np.allclose(incremental.vectors, clean.vectors, atol=1e-6)
     q = incremental.bm25.get_tokens_ids(["大桥"])
     assert incremental.bm25.get_scores(q).tolist() == clean.bm25.get_scores(q).tolist()
 
