@@ -134,10 +134,7 @@ def title_question(article: Article) -> str | None:
 
 def _by_source(index: SearchIndex) -> list[list[Article]]:
     """The index's articles grouped by source (sources sorted, articles in page order)."""
-    groups: dict[str, list[Article]] = {}
-    for article in index.articles.values():
-        groups.setdefault(article.source, []).append(article)
-    return [sorted(groups[s], key=lambda a: a.position) for s in sorted(groups)]
+    return [index.articles.of_source(s) for s in sorted(index.articles.sources())]
 
 
 def candidates(index: SearchIndex) -> Iterator[Candidate]:

@@ -15,7 +15,7 @@ RequestedAnswerMode = Literal["auto", "extractive", "llm"]
 """What a caller asks for: ``auto`` uses the LLM when one is configured."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a loaded index holds a million chunks
 class Article:
     """One cleaned article cut out of a source page."""
 
@@ -43,7 +43,7 @@ class Article:
         return f"{self.source}#{self.position}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """A citable span of an article: ``article.text[start:end] == text``."""
 

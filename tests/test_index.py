@@ -10,14 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import faiss
 import pytest
 from bad_docs import BAD_REASONS, GOOD_NAME, GOOD_QUESTION, write_bad_docs
 
+from rag.article_store import ArticleStore
 from rag.embedding import Embedder, load_embedder
 from rag.errors import IndexError_, IngestError, QuestionError
 from rag.index import build_index, load_index
+from rag.models import Article
 from rag.onnx_query import onnx_path
 from rag.retrieval import Retriever
 from rag.settings import RetrievalMode, Settings
@@ -88,6 +92,32 @@ def test_manifest_records_how_the_index_was_built(seed_settings: Settings, embed
     assert set(m["files"]) == {p.name for p in (ROOT / "seeds").glob("*.txt")}
     assert m["counts"]["chunks"] == len(index.chunks) == index.faiss_index.ntotal
     assert {"faiss-cpu", "sentence-transformers", "torch"} <= set(m["versions"])
+
+
+def test_a_loaded_index_holds_article_ids_and_reads_each_article_from_its_file(
+    seed_settings: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    index = load_index(seed_settings, embedder)
+    written = (index.path / "articles.jsonl").read_text(encoding="utf-8").splitlines()
+    expected = [Article(**json.loads(line)) for line in written]
+    assert list(index.articles) == [a.id for a in expected]
+    assert list(index.articles.values()) == expected
+    assert index.articles.sources() == dict(Counter(a.source for a in expected))
+    source = expected[-1].source
+    assert index.articles.of_source(source) == sorted(
+        (a for a in expected if a.source == source), key=lambda a: a.position
+    )
+    assert index.articles.of_source("no-such-file.txt") == [] and "no-such-file.txt#0" not in index.articles
+    with pytest.raises(KeyError):
+        index.articles["no-such-file.txt#0"]
+
+    # A file changed under a loaded store is an error naming the file, never a wrong article.
+    copy = tmp_path / "articles.jsonl"
+    shutil.copyfile(index.path / "articles.jsonl", copy)
+    store = ArticleStore(copy)
+    copy.write_text("\n".join(reversed(written)) + "\n", encoding="utf-8")
+    with pytest.raises(IndexError_, match="articles.jsonl 在索引载入后被改动"):
+        store[expected[0].id]
 
 
 def test_incremental_rebuild_and_stale_settings(
@@ -205,16 +235,30 @@ def test_index_hints_name_the_users_own_folders(
     assert str(exc.value).endswith(f"rag build --docs {ROOT / 'seeds'} --index {seed_settings.index_dir}")
 
 
-def test_hnsw_past_the_threshold(embedder: Embedder, seed_settings: Settings, tmp_path: Path) -> None:
-    s = seed_settings.model_copy(update={"index_dir": tmp_path / "index", "ann_threshold": 10})
+@pytest.mark.parametrize(
+    ("fp16_threshold", "kind", "faiss_type"),
+    [(1_000_000, "hnsw", "IndexHNSWFlat"), (10, "hnsw-fp16", "IndexHNSWSQ")],
+)
+def test_hnsw_past_the_threshold(
+    embedder: Embedder,
+    seed_settings: Settings,
+    tmp_path: Path,
+    fp16_threshold: int,
+    kind: str,
+    faiss_type: str,
+) -> None:
+    update = {"index_dir": tmp_path / "index", "ann_threshold": 10, "faiss_fp16_threshold": fp16_threshold}
+    s = seed_settings.model_copy(update=update)
     shutil.copytree(seed_settings.index_dir, s.index_dir)  # reuse the vectors: nothing to embed
     stats = build_index(s, embedder)
     assert stats.embedded == 0
     index = load_index(s, embedder)
-    assert index.manifest["faiss"] == "hnsw" and "HNSW" in type(index.faiss_index).__name__
+    assert index.manifest["faiss"] == kind and type(index.faiss_index).__name__ == faiss_type
+    assert faiss.downcast_index(index.faiss_index).hnsw.efSearch == 128  # saved in the file
     exact = Retriever(load_index(seed_settings, embedder), embedder, seed_settings)
     approx = Retriever(index, embedder, s)
-    # On a corpus this small HNSW with efSearch 128 is exact: same ranking as the flat index.
+    # On a corpus this small HNSW with efSearch 128 is exact (and fp16's ~1e-4 error moves no
+    # rank here): same ranking as the flat index.
     question = "锦屏成立了什么联盟"
     assert [h.chunk.id for h in approx.search(question, k=5, retrieval_mode="dense")] == [
         h.chunk.id for h in exact.search(question, k=5, retrieval_mode="dense")

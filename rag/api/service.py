@@ -301,14 +301,19 @@ class Service:
     """What the app holds for its lifetime: settings, the models, the LLM client and the live engine."""
 
     def __init__(
-        self, settings: Settings, embedder: Embedder, reader: Reader, llm: LLMClient | None = None
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        reader: Reader,
+        llm: LLMClient | None = None,
+        index: SearchIndex | None = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
         self.reader = reader
         self.llm = llm
         remove_staging_leftovers(settings.docs_dir)
-        self.engine = self._engine(load_index(settings, embedder))
+        self.engine = self._engine(index if index is not None else load_index(settings, embedder))
         self._write_lock = threading.Lock()
         self._examples: tuple[Engine, Examples] | None = None
         self._examples_lock = threading.Lock()
@@ -328,8 +333,11 @@ class Service:
         """Uploads and deletes, run one at a time by a worker thread."""
 
     @classmethod
-    def start(cls, settings: Settings, embedder: Embedder | None = None) -> Service:
-        """Load the models (the embedder unless given, the reader), the LLM client and the index."""
+    def start(
+        cls, settings: Settings, embedder: Embedder | None = None, index: SearchIndex | None = None
+    ) -> Service:
+        """Load the models (the embedder unless given, the reader), the LLM client and the index
+        (unless given: ``rag serve`` has loaded it to check it)."""
         if embedder is None:
             from rag.embedding import load_embedder
 
@@ -339,7 +347,7 @@ class Service:
         reader = load_settings_reader(settings)
         llm = LLMClient(settings) if LLMClient.configured(settings) else None
         try:
-            return cls(settings, embedder, reader, llm)
+            return cls(settings, embedder, reader, llm, index)
         except BaseException:
             if llm is not None:
                 llm.close()
@@ -391,7 +399,7 @@ class Service:
     def indexed_sources(engine: Engine) -> set[str]:
         """The files the engine's build indexed (its manifest's ``files``; its articles' sources)."""
         index = engine.index
-        return set(index.manifest.get("files", {})) or {a.source for a in index.articles.values()}
+        return set(index.manifest.get("files", {})) or set(index.articles.sources())
 
     @staticmethod
     def known_sources(engine: Engine) -> set[str]:
@@ -432,12 +440,12 @@ class Service:
         """The live index's files with their article and chunk counts, its skipped files and articles."""
         engine = self.engine
         index = engine.index
-        articles = Counter(a.source for a in index.articles.values())
+        articles = index.articles.sources()
         chunks = Counter(c.source for c in index.chunks)
         sources = sorted(set(index.manifest.get("files", {})) | set(articles))
         skipped = [SkippedFile(**row) for row in index.manifest.get("skipped", [])]
         return DocumentListing(
-            files=[FileCount(s, articles[s], chunks[s]) for s in sources],
+            files=[FileCount(s, articles.get(s, 0), chunks[s]) for s in sources],
             skipped=skipped,
             articles=list(index.articles.values()),
             counts=self.counts(engine),
@@ -508,7 +516,7 @@ class Service:
                     raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        articles = [a for a in engine.index.articles.values() if a.source == name]
+        articles = engine.index.articles.of_source(name)
         return Upload(source=name, replaced=replaced, articles=articles, counts=self.counts(engine))
 
     # ---- removing ----------------------------------------------------------------------
@@ -542,7 +550,7 @@ class Service:
             if not self.indexed_sources(engine) - {source}:
                 raise ConflictError(f"{source} is the last document; the index cannot be empty")
             sources = self._sources_for(engine, remove=source)
-            removed = [a.id for a in engine.index.articles.values() if a.source == source]
+            removed = [a.id for a in engine.index.articles.of_source(source)]
             path = docs_dir / source
             staging = docs_dir / f".delete-{os.getpid()}-{job.id}"
             staging.mkdir()
