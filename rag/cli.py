@@ -28,7 +28,7 @@ from rag.settings import RetrievalMode, Settings
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder
-    from rag.index import BuildStats
+    from rag.index import BuildStats, SearchIndex
     from rag.models import Answer, Citation
     from rag.reader_training import TrainConfig
 
@@ -670,8 +670,12 @@ def _ready_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _ensure_index(settings: Settings, embedder: Embedder) -> None:
+def _ensure_index(settings: Settings, embedder: Embedder) -> SearchIndex | None:
     """Build the index when there is none, or rebuild one made with other settings, saying so.
+
+    Returns the loaded index when it could be served as it is (the service takes it rather
+    than loading it a second time: at a million chunks that is seconds and a second copy's
+    memory), ``None`` after a build (the service loads what was built).
 
     A damaged live build with a good older one serves the older one (``load_index`` warns);
     with no good build left, ``CorruptIndexError`` ends ``rag serve`` with one line naming the
@@ -685,12 +689,13 @@ def _ensure_index(settings: Settings, embedder: Embedder) -> None:
     except IndexError_:
         say(f"还没有索引：先从 {settings.docs_dir} 建立索引（保存在 {settings.index_dir}）……")
         run_build(settings, embedder, err=True)
-        return
+        return None
     try:
-        load_index(settings, embedder)
+        return load_index(settings, embedder)
     except StaleIndexError:
         say(f"{settings.index_dir} 中的索引是用不同的设置建立的：从 {settings.docs_dir} 重新建立……")
         run_build(settings, embedder, err=True)
+        return None
 
 
 @app.command()
@@ -713,7 +718,7 @@ def serve(
     settings = settings.model_copy(update={"allowed_hosts": served_hosts(settings.allowed_hosts, host)})
     with loading("嵌入模型"):  # its torch weights load (announced) only if a build needs them
         embedder = open_embedder(settings)
-    _ensure_index(settings, embedder)
+    loaded = _ensure_index(settings, embedder)
     verbose = logging.getLogger().isEnabledFor(logging.INFO)
 
     class Server(uvicorn.Server):
@@ -728,7 +733,7 @@ def serve(
 
     say("正在启动服务（加载问题编码器、阅读模型和索引）……")
     config = server_config(
-        create_app(settings, embedder=embedder),
+        create_app(settings, embedder=embedder, index=loaded),
         settings,
         host=host,
         port=port,

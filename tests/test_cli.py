@@ -23,6 +23,7 @@ from bad_docs import BAD_REASONS, GOOD_NAME, GOOD_QUESTION, write_bad_docs
 from typer.testing import CliRunner
 
 from rag.cli import answer_lines, app
+from rag.embedding import Embedder
 from rag.models import NOT_FOUND, Answer, Chunk, Citation
 from rag.settings import Settings
 from rag.verification import cited_ids
@@ -212,6 +213,31 @@ def test_serve_says_ready_with_its_url_once_it_listens(seed_settings: Settings, 
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+@pytest.mark.integration
+def test_serve_hands_the_index_it_checked_to_the_service(
+    seed_settings: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rag serve`` loads the index once: the copy it loaded to check it is the one served (at a
+    million chunks a second load is seconds and, until the first is freed, twice the memory)."""
+    import httpx
+    from fake_llm import LoopbackServer
+
+    from rag import cli
+    from rag.api import create_app
+    from rag.api import service as service_module
+    from rag.index import require_index
+
+    checked = cli._ensure_index(seed_settings, embedder)
+    assert checked is not None and checked.path == require_index(seed_settings)
+    monkeypatch.setattr(service_module, "load_index", lambda *_: pytest.fail("the index was loaded again"))
+    app_ = create_app(seed_settings, embedder=embedder, index=checked)
+    with LoopbackServer(app_, settings=seed_settings) as web:
+        ready = httpx.get(f"{web.url}/readyz", timeout=60)
+        assert ready.status_code == 200 and ready.json()["build"] == checked.path.name
+        hits = httpx.get(f"{web.url}/search", params={"q": "锦屏成立了什么联盟"}, timeout=60).json()["hits"]
+        assert hits and hits[0]["source"] in {c.source for c in checked.chunks}
 
 
 # ---- rag feedback-export ----

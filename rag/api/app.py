@@ -20,6 +20,7 @@ from rag.api.routes import documents, feedback, health, openai, pages, pages_ima
 from rag.api.security import HostCheckMiddleware, SecurityHeadersMiddleware
 from rag.api.service import Service
 from rag.embedding import Embedder
+from rag.index import SearchIndex
 from rag.settings import Settings
 
 
@@ -29,12 +30,14 @@ def _swagger_assets() -> Path:
     return Path(fastapi_offline.__file__).parent / "static"
 
 
-def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
-    """The FastAPI app for ``settings``; ``embedder`` reuses an already loaded model."""
+def create_app(
+    settings: Settings, *, embedder: Embedder | None = None, index: SearchIndex | None = None
+) -> FastAPI:
+    """The FastAPI app for ``settings``; ``embedder`` and ``index`` reuse what is already loaded."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = await run_in_threadpool(Service.start, settings, embedder)
+        service = await run_in_threadpool(Service.start, settings, embedder, index)
         app.state.service = service
         try:
             yield
