@@ -22,6 +22,14 @@ class CorruptIndexError(IndexError_):
     """A file of the live build is unreadable or disagrees with the rest, and no older build is good."""
 
 
+class StoreUnavailableError(IndexError_):
+    """The store the index lives in (a Milvus server, a milvus-lite file) cannot be reached now.
+
+    Not a bad build: the files and the collection may be fine once the server is back or the
+    other process lets go of the file. The API answers 503, the CLI one line and exit 2.
+    """
+
+
 class EmbeddingError(RagError):
     """The configured embedding model cannot be loaded."""
 

@@ -24,6 +24,7 @@ from rag.errors import (
     PayloadTooLargeError,
     QuestionError,
     RagError,
+    StoreUnavailableError,
     UnsupportedMediaError,
 )
 
@@ -32,8 +33,12 @@ STATUS: tuple[tuple[type[RagError], int], ...] = (
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaError, 415),
+    (StoreUnavailableError, 503),
 )
 """HTTP status of a project error, most specific first; any other ``RagError`` is a 400."""
+
+STORE_RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 for an unreachable store (a Milvus server restarting takes seconds)."""
 
 INTERNAL_ERROR = "internal server error; see the server log"
 
@@ -166,7 +171,10 @@ async def rag_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RagError)
     if isinstance(exc, QuestionError):
         return await validation_handler(request, question_error(str(exc)))
-    return error_response(request, status_of(exc), one_line(str(exc)))
+    status = status_of(exc)
+    # A 503 is an outage (the Milvus server down): clients may retry, as after the limiter's 503s.
+    headers = {"Retry-After": str(STORE_RETRY_AFTER_S)} if status == 503 else None
+    return error_response(request, status, one_line(str(exc)), headers=headers)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from rag import milvus_store
 from rag.api.deps import ServiceDep
 from rag.api.schemas import HealthOut, ReadyOut
 from rag.index import verify_loaded
@@ -31,11 +32,16 @@ def healthz(service: ServiceDep) -> HealthOut:
 )
 def readyz(service: ServiceDep) -> JSONResponse:
     """Readiness: 200 when the served index agrees with itself (FAISS, vectors, chunks, articles
-    and BM25 all of one size), 503 with the problems otherwise; ``warnings`` tells a fallback."""
+    and BM25 all of one size), 503 with the problems otherwise; ``warnings`` tells a fallback.
+
+    With ``RAG_BACKEND=milvus`` the collection is asked again on every call: the server answers,
+    the collection exists and holds the rows the manifest records (it can be dropped, or the
+    server stopped, behind the service's back)."""
     index = service.engine.index
     problems = verify_loaded(index)
     if not index.path.is_dir():
         problems.append(f"{index.path} 已不在磁盘上；请重建索引：rag build")
+    problems += milvus_store.problems(index.store, index.manifest)
     body = ReadyOut(
         ready=not problems,
         build=index.path.name,
