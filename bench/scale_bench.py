@@ -1,6 +1,8 @@
 """Cost of the index from 10k to 1M chunks (issue 15): FAISS flat/HNSW/IVF, bm25s, milvus-lite.
 
     .venv/bin/python bench/scale_bench.py --sizes 10k,100k [--methods flat,hnsw,ivfpq,ivfsq8,bm25s,milvus]
+    .venv/bin/python bench/scale_bench.py --sizes 100k,1m --methods build-real
+    .venv/bin/python bench/scale_bench.py --methods embed [--embed-passages 1000]
 
 Corpus. Real Chinese text, reshuffled: the paragraphs of CMRC 2018 trial and DRCD dev
 (``../shared/bench``) are split into sentences; a synthetic chunk takes consecutive
@@ -10,7 +12,8 @@ cosine 0.99999 to fp32, see ``bench/embed_throughput.py``); a chunk's vector is 
 of its sentences' vectors, renormalised. That keeps each vector tied to its text and its
 neighbourhood structure topical (chunks sharing a paragraph are near), at a cost of
 seconds for 1M chunks instead of hours. The script checks the method on real chunks: a
-sample is embedded whole (torch fp32, the build path) and compared to its synthetic vector
+sample is embedded whole (as ``rag build`` embeds: torch, bf16 autocast where the CPU has
+it) and compared to its synthetic vector
 (that timing also gives the "embedding included" build cost). Likewise BM25: each sentence
 is tokenized once by the project's jieba tokenizer (``rag.textnorm.search_tokens``), a
 chunk's tokens are its sentences' tokens; tokenizing real chunks is timed on the sample.
@@ -23,11 +26,27 @@ index from disk (Python + numpy + FAISS baseline ~0.1 GB included), "anon" its
 anonymous part (what a memory-mapped index does not pin). Search latency is one
 question at a time, as the service searches. ANN parameters (efSearch, nprobe) are tuned to
 the smallest value with recall@10 >= 0.95.
+
+``build-real``: the real embedded path rather than FAISS alone. The synthetic corpus is
+made into real ``Article`` and ``Chunk`` objects (three consecutive chunks an article, ten
+articles a source file) and written by ``rag.index``'s own writer (its FAISS choice by
+size, bm25s over the sentences' jieba tokens, the manifest, the read-back check). A fresh
+process then calls ``rag.index.load_index`` and searches through ``rag.retrieval.Retriever``
+exactly as the service does (hybrid: dense + BM25 + RRF, hits with their dense scores),
+the questions' vectors precomputed (no model in the process: its ~0.5 GB and a question's
+~20 ms embedding are not the index's cost). It prints load time, RSS and anonymous RSS
+after loading and after searching, hybrid/dense/BM25 p50 and p95, and recall@10 of the
+dense ranking against exact search, with an estimate of what the Chunk objects and the article table
+take. ``RAG_*`` variables reach the writer (e.g. ``RAG_FAISS_FP16_THRESHOLD``).
+
+``embed``: the passage-embedding throughput of ``bench/embed_throughput.py`` (its own
+code, called here), so one script reports the whole build cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -166,6 +185,7 @@ def make_pool(work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     real = embedder.embed_passages(texts)
     meta["embed_s_per_1k"] = (time.perf_counter() - started) / len(texts) * 1000
+    meta["embed_precision"] = embedder.passage_precision
     started = time.perf_counter()
     for t in texts:
         search_tokens(t)
@@ -487,6 +507,241 @@ def child_search(method: str, folder: Path) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- the real embedded path
+
+
+class FrozenEmbedder:
+    """What ``rag.index`` and ``rag.retrieval`` ask of an embedder, without a model.
+
+    The build fingerprint's fields, and no way to embed: the questions' vectors are
+    precomputed (:class:`PrecomputedRetriever`), the chunks' are the synthetic ones.
+    """
+
+    model_id = "scale-bench/synthetic-multilingual-e5-small"
+    fingerprint = "scale-bench-synthetic"
+    dim = 384
+    query_prompt = "query: "
+    passage_prompt = "passage: "
+    passage_precision = "bf16"
+
+
+def real_settings(folder: Path) -> Any:
+    """Settings of the real build of ``folder``'s corpus (``RAG_*`` variables apply)."""
+    from rag.settings import Settings
+
+    return Settings(docs_dir=folder, index_dir=folder / "real-index")
+
+
+def real_corpus(size: int, pool: dict[str, Any]) -> tuple[list[Any], list[Any], list[list[str]]]:
+    """Articles, chunks and each chunk's jieba tokens for the ``size`` synthetic chunks.
+
+    The chunks are :func:`make_corpus`'s (same seeds, same order), so row ``i`` of its
+    ``vectors.npy`` is chunk ``i``'s vector. Three consecutive chunks make an article
+    (``article.text[start:end] == chunk.text``), ten articles a source file.
+    """
+    from rag.models import Article, Chunk
+
+    sentences: list[str] = pool["sentences"]
+    sent_tokens: list[list[str]] = pool["sent_tokens"]
+    para_of = np.asarray(pool["para_of"])
+    lengths = [len(x) for x in sentences]
+    ids_of: list[list[int]] = []
+    for lo in range(0, size, 100_000):  # the blocks and seeds of make_corpus
+        ids_of += synth_chunks(min(100_000, size - lo), para_of, lengths, seed=lo + 1)
+    articles: list[Any] = []
+    chunks: list[Any] = []
+    tokens: list[list[str]] = []
+    for first in range(0, size, 3):
+        group = ids_of[first : first + 3]
+        texts = ["".join(sentences[i] for i in ids) for ids in group]
+        number = first // 3
+        article = Article(
+            source=f"synthetic/{number // 10:06d}.txt",
+            position=number % 10,
+            title=sentences[group[0][0]][:20],
+            text="".join(texts),
+        )
+        articles.append(article)
+        start = 0
+        for ids, text in zip(group, texts, strict=True):
+            end = start + len(text)
+            chunks.append(Chunk(article.id, article.source, article.title, text, start, end))
+            tokens.append([t for i in ids for t in sent_tokens[i]] or ["∅"])
+            start = end
+    return articles, chunks, tokens
+
+
+def child_build_real(folder: Path) -> dict[str, Any]:
+    """Write the real build of ``folder``'s corpus with ``rag.index``'s writer; time, peak RSS, disk."""
+    from rag import index as rag_index
+
+    pool = make_pool(folder.parent)
+    (folder / "questions.json").write_text(
+        json.dumps(pool["questions"], ensure_ascii=False), encoding="utf-8"
+    )
+    settings = real_settings(folder)
+    shutil.rmtree(settings.index_dir, ignore_errors=True)  # one build, not this and an older one
+    vectors = np.load(folder / "vectors.npy")
+    started = time.perf_counter()
+    articles, chunks, tokens = real_corpus(len(vectors), pool)
+    objects_s = time.perf_counter() - started
+    embedder: Any = FrozenEmbedder()
+    content = rag_index._BuildContent(
+        settings=rag_index.settings_fingerprint(settings, embedder),
+        files={},
+        articles=articles,
+        chunks=chunks,
+        keys=[rag_index._chunk_key(c, settings.title_context) for c in chunks],
+        token_keys=[rag_index._token_key(c) for c in chunks],
+        chunk_tokens=tokens,
+        vectors=vectors,
+        tokens=0,
+        skipped=[],
+        precision="bf16",
+    )
+    started = time.perf_counter()
+    with rag_index.build_lock(settings.index_dir):
+        build = rag_index._write_build(settings, content, embedder.dim)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+    files = {p.relative_to(build).as_posix(): p.stat().st_size / 1e6 for p in build.rglob("*") if p.is_file()}
+    return {
+        "build_s": seconds,
+        "objects_s": objects_s,
+        "n": len(chunks),
+        "articles": len(articles),
+        "build_rss_mb": peak_rss_mb(),
+        "disk_mb": disk_mb(build),
+        "files_mb": files,
+        "params": manifest["faiss"],
+    }
+
+
+def _object_mb(objects: list[Any]) -> float:
+    """Memory of a list's dataclass objects and the strings they hold (shared ones once), MB."""
+    seen: set[int] = set()
+    total = sys.getsizeof(objects)
+    for obj in objects:
+        total += sys.getsizeof(obj)  # slots: the fields live in the object itself
+        for value in (getattr(obj, f.name) for f in dataclasses.fields(obj)):
+            if id(value) not in seen:
+                seen.add(id(value))
+                total += sys.getsizeof(value)
+    return total / 1e6
+
+
+def _article_store_mb(store: Any) -> float:
+    """Memory of what a loaded :class:`rag.article_store.ArticleStore` holds (ids, offsets), MB."""
+    ids = sys.getsizeof(store._rows) + sum(sys.getsizeof(k) for k in store._rows)
+    lists = sys.getsizeof(store._by_source) + sum(sys.getsizeof(v) for v in store._by_source.values())
+    return (ids + lists + store._starts.nbytes) / 1e6
+
+
+def child_search_real(folder: Path) -> dict[str, Any]:
+    """``load_index`` the real build, search it as the service does; load time, RSS, latency, recall."""
+    from rag.index import load_index
+    from rag.retrieval import Retriever
+
+    class PrecomputedRetriever(Retriever):
+        """The service's retriever, its questions' vectors looked up instead of embedded."""
+
+        def __init__(self, index: Any, embedder: Any, settings: Any, vectors: dict[str, F32]) -> None:
+            super().__init__(index, embedder, settings)
+            self.vectors = vectors
+
+        def embed(self, question: str) -> np.ndarray:
+            return self.vectors[question]
+
+    settings = real_settings(folder)
+    embedder: Any = FrozenEmbedder()
+    questions = json.loads((folder / "questions.json").read_text(encoding="utf-8"))
+    queries = np.load(folder / "queries.npy")
+    gt = np.load(folder / "gt.npy")
+    base, base_anon = rss_mb(), anon_rss_mb()
+    started = time.perf_counter()
+    index = load_index(settings, embedder)
+    load_s = time.perf_counter() - started
+    loaded, loaded_anon, load_peak = rss_mb(), anon_rss_mb(), peak_rss_mb()
+    retriever = PrecomputedRetriever(index, embedder, settings, dict(zip(questions, queries, strict=True)))
+    found = [retriever.dense(v, 10).ids for v in queries]
+    recall = recall_at_10(np.asarray(found), gt)
+    hybrid, hybrid_p50, hybrid_p95 = latencies(lambda q: retriever.search(q, k=5), questions)
+    _, dense_p50, dense_p95 = latencies(lambda v: retriever.dense(v, 50), list(queries))
+    _, bm25_p50, bm25_p95 = latencies(lambda q: retriever.bm25(q, 50), questions)
+    # A consecutive sample: chunks of one article share its strings, as in the whole list.
+    sample = min(len(index.chunks), 30_000)
+    chunks_mb = _object_mb(index.chunks[:sample]) * len(index.chunks) / max(sample, 1)
+    articles_mb = _article_store_mb(index.articles)
+    return {
+        "load_s": load_s,
+        "base_rss_mb": base,
+        "base_anon_mb": base_anon,
+        "serve_rss_mb": loaded,
+        "anon_mb": loaded_anon,
+        "load_peak_mb": load_peak,
+        "after_rss_mb": rss_mb(),
+        "after_anon_mb": anon_rss_mb(),
+        "chunks_mb": chunks_mb,
+        "articles_mb": articles_mb,
+        "faiss": type(index.faiss_index).__name__,
+        "ef_search": getattr(getattr(index.faiss_index, "hnsw", None), "efSearch", None),
+        "recall": recall,
+        "hybrid_p50_ms": hybrid_p50,
+        "hybrid_p95_ms": hybrid_p95,
+        "dense_p50_ms": dense_p50,
+        "dense_p95_ms": dense_p95,
+        "bm25_p50_ms": bm25_p50,
+        "bm25_p95_ms": bm25_p95,
+        "hits": len(hybrid[0]),
+    }
+
+
+def print_real(rows: list[dict[str, Any]]) -> None:
+    """The build-real rows: one line each, then where the memory goes."""
+    print(
+        f"\n{'chunks':>8} {'faiss':10} {'ef':>4} {'build s':>7} {'build RSS':>9} {'disk MB':>8} "
+        f"{'load s':>6} "
+        f"{'RSS':>7} {'anon':>7} {'after':>7} {'anon':>7} {'hyb p50':>7} {'p95':>6} {'dense':>6} {'bm25':>6} "
+        f"{'recall':>6}"
+    )
+    for r in rows:
+        if "error" in r:
+            print(f"{r['size']:>8} build-real error: {r['error']}")
+            continue
+        print(
+            f"{r['n']:>8} {r['params']:10} {r['ef_search'] or '-':>4} {r['build_s']:7.0f} "
+            f"{r['build_rss_mb']:8.0f}M {r['disk_mb']:8.0f} {r['load_s']:6.1f} {r['serve_rss_mb']:6.0f}M "
+            f"{r['anon_mb']:6.0f}M {r['after_rss_mb']:6.0f}M {r['after_anon_mb']:6.0f}M "
+            f"{r['hybrid_p50_ms']:7.2f} {r['hybrid_p95_ms']:6.2f} {r['dense_p50_ms']:6.2f} "
+            f"{r['bm25_p50_ms']:6.2f} {r['recall']:6.3f}"
+        )
+    for r in rows:
+        if "error" not in r:
+            print(
+                f"{r['n']:>8}: before loading {r['base_rss_mb']:.0f} MB ({r['base_anon_mb']:.0f} anon); "
+                f"Chunk objects ~{r['chunks_mb']:.0f} MB, article table ~{r['articles_mb']:.0f} MB "
+                "(texts read on demand); "
+                f"load peak {r['load_peak_mb']:.0f} MB; files MB: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in r["files_mb"].items() if v >= 1)
+            )
+    print(
+        "(build s: rag.index's writer, embedding excluded; RSS/anon after load_index, then after searching)"
+    )
+
+
+def run_embed(passages: int) -> None:
+    """Passage-embedding throughput: ``bench/embed_throughput.py``'s own measurement, called here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import embed_throughput
+
+    saved = sys.argv
+    sys.argv = [embed_throughput.__file__, "--passages", str(passages)]  # its main() reads its options
+    try:
+        embed_throughput.main()
+    finally:
+        sys.argv = saved
+
+
 def run_child(stage: str, method: str, folder: Path, timeout: float) -> dict[str, Any]:
     """Run a build or search stage in a fresh process; its JSON result (or an ``error``)."""
     cmd = [sys.executable, __file__, "--child", stage, method, str(folder)]
@@ -508,28 +763,46 @@ def main() -> None:
     parser.add_argument("--methods", default="flat,hnsw,hnswsq8,ivfsq8,bm25s,bm25s-mmap,milvus")
     parser.add_argument("--work", type=Path, default=Path("/tmp/rag-scale-bench"))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child stage")
+    parser.add_argument("--embed-passages", type=int, default=1000, help="passages for the embed method")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         stage, method, folder = args.child
-        fn = child_build if stage == "build" else child_search
-        print(json.dumps(fn(method, Path(folder))))
+        if method == "build-real":
+            result = (child_build_real if stage == "build" else child_search_real)(Path(folder))
+        else:
+            result = (child_build if stage == "build" else child_search)(method, Path(folder))
+        print(json.dumps(result))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    methods = args.methods.split(",")
+    if "embed" in methods:
+        run_embed(args.embed_passages)
+        methods.remove("embed")
+        if not methods:
+            return
     pool = make_pool(args.work)
     log.info("validation of the synthetic vectors on %d real chunks: %s", SAMPLE, pool["validation"])
     log.info(
-        "embedding (torch fp32, build path): %.1f s per 1k chunks; jieba tokens: %.2f s per 1k",
+        "embedding (torch %s, the build path): %.1f s per 1k chunks; jieba tokens: %.2f s per 1k",
+        pool.get("embed_precision", "fp32"),
         pool["embed_s_per_1k"],
         pool["tokenize_s_per_1k"],
     )
     rows: list[dict[str, Any]] = []
+    real_rows: list[dict[str, Any]] = []
     for size in (parse_size(s) for s in args.sizes.split(",")):
         started = time.perf_counter()
         folder = make_corpus(size, pool, args.work)
         log.info("corpus of %d chunks ready in %.0f s", size, time.perf_counter() - started)
         built_by: dict[str, dict[str, Any]] = {}
-        for method in args.methods.split(","):
+        for method in methods:
+            if method == "build-real":
+                built = run_child("build", method, folder, args.timeout)
+                searched = {} if "error" in built else run_child("search", method, folder, args.timeout)
+                real_rows.append({"size": size, "method": method, **built, **searched})
+                log.info("%s", real_rows[-1])
+                continue
             build_method = "bm25s" if method.startswith("bm25s") else method
             if method != "bm25s-mmap" or "bm25s" not in built_by:
                 built_by[build_method] = run_child("build", build_method, folder, args.timeout)
@@ -542,10 +815,14 @@ def main() -> None:
             row = {"size": size, "method": method, **built, **searched}
             rows.append(row)
             log.info("%s", row)
-    (args.work / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    embed_1k = pool["embed_s_per_1k"]
+    (args.work / "results.json").write_text(json.dumps(rows + real_rows, indent=1), encoding="utf-8")
+    if real_rows:
+        print_real(real_rows)
+    if not rows:
+        return
+    embed_1k, precision = pool["embed_s_per_1k"], pool.get("embed_precision", "fp32")
     print(
-        f"\nembedding (torch fp32, 2 cores): {embed_1k:.1f} s per 1k chunks; jieba: "
+        f"\nembedding (torch {precision}, 2 cores): {embed_1k:.1f} s per 1k chunks; jieba: "
         f"{pool['tokenize_s_per_1k']:.2f} s per 1k"
     )
     head = (
