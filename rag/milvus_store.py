@@ -144,16 +144,16 @@ def _gone(exc: BaseException) -> bool:
     )
 
 
+_NOT_LOADED = 101
+"""Milvus' code for "collection not loaded" (pymilvus names no constant for it)."""
+
+
 def _released(exc: BaseException) -> bool:
     """Whether ``exc`` says the collection exists but is not loaded (its server restarted)."""
     pymilvus = _pymilvus()
     return isinstance(exc, pymilvus.MilvusException) and (
         exc.code == _NOT_LOADED or "released" in str(getattr(exc, "message", ""))
     )
-
-
-_NOT_LOADED = 101
-"""Milvus' code for "collection not loaded" (pymilvus names no constant for it)."""
 
 
 def unavailable_line(uri: str, exc: BaseException, server: bool, connecting: bool = False) -> str:
